@@ -1,0 +1,188 @@
+"""`launch`: argv -> overrides -> resolved config -> plan -> command -> run.
+
+Nothing here imports torch: ``--help``, ``--list``, ``--show-config``, ``--dry-run`` and every
+config error answer without it. Only :func:`launcher.spawn.run` brings torch in, to train.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from launcher import __version__
+from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, LaunchError
+
+# Command-line options and the config key each one is shorthand for.
+SHORTHANDS = {
+    "procs": "dist.procs",
+    "nodes": "dist.nodes",
+    "device": "dist.device",
+    "strategy": "dist.strategy",
+    "precision": "train.precision",
+}
+
+EPILOG = """\b
+Examples:
+  launch recipe=resnet_finetune                       train on the CPU (digits data, no download)
+  launch recipe=resnet_finetune train.epochs=3 train.lr=0.05
+  launch recipe=resnet_finetune config=exp.yaml --dry-run
+  launch recipe=my_pkg.module:MyRecipe                your own recipe
+  launch --list
+
+Running the same command again resumes the newest complete checkpoint, or says the run is
+complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C), 143 preempted.
+"""
+
+
+def _shorthand_overrides(opts: dict) -> list[tuple[str, str]]:
+    out = []
+    if opts.get("gpus") is not None:
+        out += [("dist.device", "cuda"), ("dist.procs", str(opts["gpus"]))]
+    for opt, key in SHORTHANDS.items():
+        if opts.get(opt) is not None:
+            out.append((key, str(opts[opt])))
+    if opts.get("slurm"):
+        out.append(("slurm.enabled", "true"))
+    return out
+
+
+def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    given = dict(args)
+    for key, value in flags:
+        if key in given and given[key] != value:
+            raise LaunchError(f"{key}={given[key]} conflicts with the option that sets {key}={value}; give one of them")
+    return args + flags
+
+
+def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str]]):
+    """key=value tokens + option shorthands -> (recipe spec, recipe class, config, overrides)."""
+    from launcher import config as cfgmod
+    from launcher.recipe_loader import load_recipe, normalize_spec
+
+    pairs = [cfgmod.split_override(t) for t in tokens]
+    recipe_spec = None
+    files: list[str] = []
+    overrides: list[tuple[str, str]] = []
+    for key, raw in pairs:
+        if key == "recipe":
+            recipe_spec = raw
+        elif key == "config":
+            files.append(raw)
+        else:
+            overrides.append((key, raw))
+    file_layers = [cfgmod.load_yaml_file(f) for f in files]
+    if recipe_spec is None:
+        recipe_spec = next((layer["recipe"] for layer in reversed(file_layers) if "recipe" in layer), None)
+    if not recipe_spec:
+        raise LaunchError("no recipe given; pass recipe=NAME (see `launch --list`)")
+    recipe_cls = load_recipe(recipe_spec)
+    overrides = _merge_overrides(overrides, flags)
+    spec = normalize_spec(recipe_spec)
+    cfg = cfgmod.resolve(recipe_cls, file_layers, [("recipe", spec), *overrides])
+    return spec, recipe_cls, cfg, overrides
+
+
+def _print_list() -> None:
+    from launcher.recipe_loader import describe
+    from recipes import BUILTIN
+
+    width = max(len(n) for n in BUILTIN)
+    for name in sorted(BUILTIN):
+        click.echo(f"{name:<{width}}  {describe(name)}")
+    click.echo("\nYour own: launch recipe=my_pkg.module:Class  or  launch recipe=path/to/file.py:Class")
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EPILOG,
+)
+@click.argument("overrides", nargs=-1, metavar="recipe=NAME [config=FILE.yaml] [KEY=VALUE ...]")
+@click.option("--gpus", type=click.IntRange(min=1), help="GPUs on this node (dist.device=cuda dist.procs=N).")
+@click.option("--procs", type=click.IntRange(min=1), help="Processes per node (dist.procs).")
+@click.option("--nodes", type=click.IntRange(min=1), help="Nodes, with --slurm (dist.nodes).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="dist.device (default auto).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "single", "dp", "ddp", "accelerate", "deepspeed"]),
+    help="dist.strategy (default auto: single for one process, ddp for more).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"]),
+    help="train.precision (default fp32).",
+)
+@click.option("--slurm", is_flag=True, help="Submit to Slurm with sbatch (slurm.enabled=true).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config, run directory and command; start nothing.")
+@click.option("--show-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--list", "list_recipes", is_flag=True, help="List the built-in recipes and exit.")
+@click.version_option(__version__, "--version")
+def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_recipes: bool, **opts) -> int:
+    """Train a recipe on this machine's CPU or GPUs, or on a Slurm cluster.
+
+    Every option is a shorthand for a config key; any key can be set as KEY=VALUE.
+    Layers, lowest first: defaults < recipe defaults < config=FILE.yaml < KEY=VALUE.
+    """
+    if list_recipes:
+        _print_list()
+        return EXIT_COMPLETED
+    from launcher import config as cfgmod
+    from launcher.commands import build_command
+    from launcher.plan import make_plan
+    from launcher.recipe_loader import recipe_dir_name
+    from launcher.rundir import default_run_name, inspect_run_dir, write_config
+
+    spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
+    if show_config:
+        click.echo(cfgmod.to_yaml(cfg), nl=False)
+        return EXIT_COMPLETED
+    plan = make_plan(cfg)
+    if cfg.run.name is None:
+        cfg.run.name = default_run_name(cfg, kv)
+    run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
+    prepared = inspect_run_dir(cfg, run_path)
+    command = build_command(plan, cfg, run_path)
+    if dry_run:
+        click.echo("# resolved config")
+        click.echo(cfgmod.to_yaml(cfg), nl=False)
+        what = {"new": "new run", "resume": "resumes this run", "completed": "already completed"}[prepared.state]
+        click.echo(f"# run directory: {run_path} ({what})")
+        click.echo(
+            f"# plan: strategy={plan.strategy} device={plan.device} procs/node={plan.procs_per_node} nodes={plan.nodes}"
+        )
+        click.echo("# command:")
+        click.echo(command.render())
+        return EXIT_COMPLETED
+    if prepared.state == "completed":
+        summary = prepared.run_dir.read_summary() or {}
+        final = summary.get("final_metrics") or {}
+        shown = " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, (int, float)))
+        click.echo(f"launch: {run_path} is already complete ({shown}); nothing to do.")
+        click.echo("        To train again, pass another run.name=... or remove that directory.")
+        return EXIT_COMPLETED
+    for key, (old, new) in prepared.safe_changes.items():
+        click.echo(f"launch: {key}: {old!r} -> {new!r} (safe for an existing run)", err=True)
+    write_config(prepared, cfg)
+    from launcher import spawn
+
+    return spawn.run(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: every user-fixable problem is one line on stderr and exit status 2."""
+    try:
+        code = launch.main(args=argv, prog_name="launch", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click detail
+        click.echo(e.format_message())
+        code = EXIT_COMPLETED
+    except click.UsageError as e:
+        click.echo(f"error: {e.format_message()} (see `launch --help`)", err=True)
+        code = EXIT_BAD_INPUT
+    except LaunchError as e:
+        click.echo(f"error: {e}", err=True)
+        code = EXIT_BAD_INPUT
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else EXIT_COMPLETED)

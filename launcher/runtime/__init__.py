@@ -1,0 +1,1 @@
+"""Worker-side runtime: imported only inside training processes (it imports torch)."""

@@ -1,0 +1,246 @@
+"""Atomic checkpoints, finding the newest complete one, retention, and safe loading.
+
+A checkpoint is a directory ``checkpoints/step-N/``::
+
+    model.safetensors   unwrapped model weights (no ``module.``/``_orig_mod.`` prefixes)
+    state.pt            optimizer, scheduler, scaler, progress, early-stopping/best state
+    rng-rank<R>.pt      RNG states of rank R (python, numpy, torch, CUDA)
+    meta.json           step, epoch and metrics, for retention and for humans
+    config.yaml         the resolved config it was trained with
+    COMPLETE            written last: only directories with this marker are ever loaded
+
+Writing goes to a hidden temporary directory, every file is fsynced, the directory is renamed
+to ``step-N`` and only then the marker is written. A crash at any instant leaves either a
+complete checkpoint or something that resume ignores (and the next save cleans up).
+Loading uses safetensors and ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from launcher.errors import LaunchError
+from launcher.rundir import CHECKPOINT_PREFIX, COMPLETE_MARKER, RunDir
+
+# Names of the entries of state.pt (a checkpoint format contract).
+K_FORMAT = "format_version"
+K_OPTIMIZER = "optimizer"
+K_SCHEDULER = "scheduler"
+K_SCALER = "scaler"
+K_PROGRESS = "progress"
+K_TRACKERS = "trackers"
+K_LOGGERS = "loggers"
+K_RECIPE = "recipe"
+FORMAT_VERSION = 1
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint that cannot be read (truncated, partial, garbage)."""
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (DataParallel/DDP ``module.``, torch.compile ``_orig_mod.``)."""
+    out = {}
+    for k, v in state.items():
+        while True:
+            for prefix in ("module.", "_orig_mod."):
+                if k.startswith(prefix):
+                    k = k[len(prefix) :]
+                    break
+            else:
+                break
+        out[k] = v
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def safe_torch_load(path: Path | str) -> Any:
+    """``torch.load`` that never executes code from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise LaunchError(
+                f"{path} contains pickled code or objects, not just tensors; refused to load it "
+                "(only load checkpoints you trust, saved by this tool or as a plain state_dict)"
+            ) from None
+        raise CorruptCheckpoint(f"{path}: {e}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    """A weights file given by the user: safetensors, or a torch state_dict (safely)."""
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            state = load_file(str(p))
+        else:
+            state = safe_torch_load(p)
+    except CorruptCheckpoint as e:
+        raise LaunchError(f"cannot read weights file {path} ({e}); pass a state_dict saved with torch.save") from None
+    except Exception as e:  # safetensors header errors
+        raise LaunchError(f"cannot read weights file {path} ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LaunchError(
+            f"weights file {path} does not hold a state_dict (name -> tensor); pass one saved with torch.save(model.state_dict())"
+        )
+    return strip_prefixes(state)
+
+
+class CheckpointManager:
+    """Saves and finds checkpoints of one run directory. Only rank 0 writes shared files;
+    every rank writes its own RNG file."""
+
+    def __init__(self, run_dir: RunDir, keep_last: int, keep_best: int, monitor: str, mode: str, rank: int = 0):
+        self.root = run_dir.checkpoints
+        self.run_dir = run_dir
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.monitor, self.mode = monitor, mode
+        self.rank = rank
+
+    # ------------------------------------------------------------------ writing
+    def save(
+        self,
+        step: int,
+        model_state: dict[str, torch.Tensor],
+        state: dict[str, Any],
+        rng: dict[str, Any],
+        meta: dict[str, Any],
+        config_text: str,
+    ) -> Path:
+        """Write ``step-N`` atomically; returns its path. Raises LaunchError if the disk refuses."""
+        final = self.root / f"{CHECKPOINT_PREFIX}{step}"
+        if (final / COMPLETE_MARKER).is_file():
+            return final  # already saved at this step (e.g. epoch end == every_steps)
+        tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(model_state).items()}
+            save_file(tensors, str(tmp / MODEL_FILE))
+            torch.save({K_FORMAT: FORMAT_VERSION, **state}, tmp / STATE_FILE)
+            torch.save(rng, tmp / rng_file(self.rank))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=float))
+            (tmp / CONFIG_FILE).write_text(config_text)
+            for f in tmp.iterdir():
+                _fsync_file(f)
+            _fsync_dir(tmp)
+            if final.exists():  # an incomplete leftover from a crash: never loaded, safe to replace
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            marker = final / COMPLETE_MARKER
+            marker.write_text(f"{step}\n")
+            _fsync_file(marker)
+            _fsync_dir(final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LaunchError(
+                f"cannot write checkpoint step-{step} in {self.root}: {e.strerror or e}; "
+                "free disk space or fix permissions, then run the same command again to resume "
+                "(earlier checkpoints are intact)"
+            ) from None
+        self._retain(final)
+        return final
+
+    def _retain(self, newest: Path) -> None:
+        """Remove what retention does not keep -- only after ``newest`` is complete."""
+        complete = self.run_dir.complete_checkpoints()
+        keep = set(complete[: self.keep_last]) | {newest}
+        if self.keep_best:
+            scored = []
+            for p in complete:
+                value = self.read_meta(p).get("metrics", {}).get(self.monitor)
+                if isinstance(value, (int, float)):
+                    scored.append((value, p))
+            scored.sort(key=lambda vp: vp[0], reverse=self.mode == "max")
+            keep |= {p for _, p in scored[: self.keep_best]}
+        for p in complete:
+            if p not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+        self.clean_partial()
+
+    def clean_partial(self) -> None:
+        """Remove temporary and incomplete directories left by a crash."""
+        if not self.root.is_dir():
+            return
+        for p in self.root.iterdir():
+            if p.name.startswith(".tmp-") or (
+                p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir() and not (p / COMPLETE_MARKER).exists()
+            ):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def read_meta(path: Path) -> dict:
+        try:
+            return json.loads((path / META_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def load(path: Path, rank: int = 0) -> dict[str, Any]:
+        """Load one checkpoint directory. Raises CorruptCheckpoint or LaunchError (unsafe file)."""
+        if not (path / COMPLETE_MARKER).is_file():
+            raise CorruptCheckpoint(f"{path} is incomplete (no {COMPLETE_MARKER} marker)")
+        try:
+            model = load_file(str(path / MODEL_FILE))
+        except Exception as e:
+            raise CorruptCheckpoint(f"{path / MODEL_FILE}: {e}") from None
+        state = safe_torch_load(path / STATE_FILE)
+        rng_path = path / rng_file(rank)
+        rng = safe_torch_load(rng_path) if rng_path.is_file() else None
+        if not isinstance(state, dict) or state.get(K_FORMAT) != FORMAT_VERSION:
+            raise CorruptCheckpoint(f"{path / STATE_FILE} is not a checkpoint state of this tool")
+        return {"model": model, "state": state, "rng": rng, "path": path}
+
+    def load_latest(self, warn=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any] | None:
+        """Newest complete, readable checkpoint; unreadable ones are skipped with a warning."""
+        for path in self.run_dir.complete_checkpoints():
+            try:
+                return self.load(path, self.rank)
+            except CorruptCheckpoint as e:
+                warn(f"warning: skipping unreadable checkpoint {path.name} ({e}); trying the previous one")
+        return None

@@ -1,0 +1,326 @@
+"""The training loop: steps, accumulation, clipping, evaluation, early stopping, checkpoints,
+stop requests. Everything a recipe does not supply."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from launcher.config import Config, to_yaml
+from launcher.errors import EXIT_COMPLETED, LaunchError
+from launcher.runtime import checkpoint as ckpt
+from launcher.runtime import rng
+from launcher.runtime.data import to_device
+from launcher.runtime.signals import EXIT_FOR
+
+
+@dataclass
+class Progress:
+    global_step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # micro-batches of the current epoch consumed by this rank
+    samples_seen: int = 0  # global (all ranks)
+    wall_time: float = 0.0  # seconds spent training before this attempt
+
+
+@dataclass
+class Trackers:
+    best_value: float | None = None
+    best_step: int | None = None
+    es_best: float | None = None
+    es_bad_evals: int = 0
+    early_stopped: bool = False
+    last_eval_step: int = -1
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)
+
+
+def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _scalar(v: Any) -> float:
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+@dataclass
+class Parts:
+    """Everything the loop needs, built by the worker."""
+
+    cfg: Config
+    recipe: Any
+    strategy: Any
+    model: torch.nn.Module  # wrapped by the strategy
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Any
+    train_sampler: Any
+    train_loader: Any
+    val_loader: Any
+    checkpoints: ckpt.CheckpointManager
+    run_dir: Any
+    stop: Any
+    jsonl: Any
+    console: Any
+    info: Any
+    world_size: int = 1
+
+
+class Trainer:
+    def __init__(self, parts: Parts) -> None:
+        self.p = parts
+        self.cfg = parts.cfg
+        self.progress = Progress()
+        self.trackers = Trackers()
+        self.window: dict[str, Any] = {}
+        self.window_samples = 0
+        self.window_start = time.perf_counter()
+        self.attempt_start = time.perf_counter()
+        self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
+        self.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        es = self.cfg.train.early_stopping
+        self.plateau_metric = es.monitor or self.cfg.checkpoint.monitor
+        self.plateau_mode = es.mode if es.monitor else self.cfg.checkpoint.mode
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        sched = self.p.scheduler
+        return {
+            ckpt.K_OPTIMIZER: self.p.optimizer.state_dict(),
+            ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
+            ckpt.K_SCALER: self.p.precision.state_dict(),
+            ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time()},
+            ckpt.K_TRACKERS: {
+                **asdict(self.trackers),
+                "window": {k: _scalar(v) for k, v in self.window.items()},
+                "window_samples": self.window_samples,
+            },
+            ckpt.K_RECIPE: self.cfg.recipe,
+        }
+
+    def load(self, loaded: dict[str, Any]) -> None:
+        model = self.p.strategy.unwrap(self.p.model)
+        try:
+            model.load_state_dict(loaded["model"])
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise LaunchError(
+                f"checkpoint {loaded['path']} does not fit this model ({first}); "
+                "it was saved by a different recipe or architecture"
+            ) from None
+        state = loaded["state"]
+        self.p.optimizer.load_state_dict(state[ckpt.K_OPTIMIZER])
+        if self.p.scheduler is not None and state[ckpt.K_SCHEDULER]:
+            self.p.scheduler.load_state_dict(state[ckpt.K_SCHEDULER])
+        self.p.precision.load_state_dict(state[ckpt.K_SCALER])
+        self.progress = Progress(**state[ckpt.K_PROGRESS])
+        tr = dict(state[ckpt.K_TRACKERS])
+        window = tr.pop("window", {})
+        self.window_samples = tr.pop("window_samples", 0)
+        self.window = {k: torch.tensor(v, dtype=torch.float64) for k, v in window.items()}
+        self.trackers = Trackers(**tr)
+        if loaded["rng"] is not None:
+            rng.restore(loaded["rng"])
+
+    def wall_time(self) -> float:
+        return self.progress.wall_time + (time.perf_counter() - self.attempt_start)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        p = self.p
+        # all ranks reach here at the same step; rank 0 writes shared files, every rank its RNG
+        if not p.strategy.is_main:
+            return
+        meta = {
+            "step": self.progress.global_step,
+            "epoch": self.progress.epoch,
+            "batch_in_epoch": self.progress.batch_in_epoch,
+            "metrics": {**self.trackers.last_train, **self.trackers.last_val},
+        }
+        p.checkpoints.save(
+            self.progress.global_step,
+            p.strategy.unwrap(p.model).state_dict(),
+            self.state(),
+            rng.capture(),
+            meta,
+            to_yaml(self.cfg),
+        )
+
+    # ------------------------------------------------------------------ metrics
+    def _add_window(self, sums: dict[str, Any]) -> None:
+        w = self.window
+        for k, v in sums.items():
+            if isinstance(v, torch.Tensor):
+                v = v.detach()
+            if k in w:
+                w[k] = w[k] + v
+            else:
+                w[k] = v
+
+    def _log_train(self) -> None:
+        totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in self.window.items()})
+        metrics = {f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()}
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        event = {
+            "step": self.progress.global_step,
+            "epoch": self.progress.epoch,
+            **metrics,
+            "lr": self.p.optimizer.param_groups[0]["lr"],
+            "samples_per_sec": self.window_samples * self.p.world_size / elapsed,
+        }
+        self.trackers.last_train = metrics
+        self.window, self.window_samples = {}, 0
+        self.window_start = time.perf_counter()
+        if self.p.strategy.is_main:
+            self.p.jsonl.log(event)
+            self.p.console.postfix({k.split("/")[-1]: v for k, v in metrics.items() if k.endswith(("loss", "acc"))})
+
+    def evaluate(self) -> bool:
+        """Evaluate, log, update best/early-stopping/plateau. Returns True to stop early."""
+        p, t = self.p, self.trackers
+        if p.val_loader is None or t.last_eval_step == self.progress.global_step:
+            return False
+        model = p.strategy.unwrap(p.model)
+        was_training = model.training
+        model.eval()
+        sums: dict[str, Any] = {}
+        with torch.no_grad():
+            for batch in p.val_loader:
+                batch = p.precision.convert_input(to_device(batch, p.strategy.device))
+                with p.precision.autocast():
+                    _, s = p.recipe.step(model, batch)
+                for k, v in s.items():
+                    sums[k] = sums[k] + v if k in sums else v
+        model.train(was_training)
+        totals = p.strategy.reduce_sums({k: _scalar(v) for k, v in sums.items()})
+        metrics = {f"val/{k}": v for k, v in p.recipe.metrics(totals).items()}
+        t.last_val, t.last_eval_step = metrics, self.progress.global_step
+        if p.strategy.is_main:
+            p.jsonl.log({"step": self.progress.global_step, "epoch": self.progress.epoch, **metrics})
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            p.console.write(f"step {self.progress.global_step} epoch {self.progress.epoch}: {shown}")
+        return self._track(metrics)
+
+    def _metric(self, metrics: dict[str, float], name: str, key: str) -> float:
+        available = {**self.trackers.last_train, **metrics}
+        if name not in available:
+            raise LaunchError(f"{key}={name} is not a metric of this recipe; available: {', '.join(sorted(available))}")
+        return available[name]
+
+    def _track(self, metrics: dict[str, float]) -> bool:
+        cfg, t = self.cfg, self.trackers
+        c = cfg.checkpoint
+        if c.keep_best or c.monitor in metrics:
+            value = self._metric(metrics, c.monitor, "checkpoint.monitor")
+            if _better(value, t.best_value, c.mode):
+                t.best_value, t.best_step = value, self.progress.global_step
+        if self.plateau:
+            self.p.scheduler.step(self._metric(metrics, self.plateau_metric, "train.early_stopping.monitor"))
+        es = cfg.train.early_stopping
+        if es.monitor:
+            value = self._metric(metrics, es.monitor, "train.early_stopping.monitor")
+            if _better(value, t.es_best, es.mode, es.min_delta):
+                t.es_best, t.es_bad_evals = value, 0
+            else:
+                t.es_bad_evals += 1
+            if t.es_bad_evals >= es.patience:
+                t.early_stopped = True
+        return self.p.strategy.any(t.early_stopped)
+
+    # ------------------------------------------------------------------ the loop
+    def total_steps(self) -> int:
+        t = self.cfg.train
+        per_epoch = math.ceil(self.p.train_sampler.batches_per_epoch() / t.grad_accum_steps)
+        total = per_epoch * t.epochs
+        return min(total, t.max_steps) if t.max_steps else total
+
+    def fit(self) -> tuple[str, int]:
+        """Train until done, early-stopped, or asked to stop. Returns (status, exit code)."""
+        p, cfg, prog = self.p, self.cfg, self.progress
+        t = cfg.train
+        accum, log_every, eval_every = t.grad_accum_steps, t.log_every, t.eval_every
+        every_ckpt = cfg.checkpoint.every_steps
+        max_steps = t.max_steps or math.inf
+        device = p.strategy.device
+        non_blocking = device.type == "cuda"
+        model, optimizer, scheduler, precision, recipe = p.model, p.optimizer, p.scheduler, p.precision, p.recipe
+        step_scheduler = scheduler is not None and not self.plateau
+        clip = t.grad_clip
+        sampler = p.train_sampler
+        n_batches = sampler.batches_per_epoch()
+        finished = self.trackers.early_stopped or prog.global_step >= max_steps
+
+        while not finished and prog.epoch < t.epochs:
+            sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
+            model.train()
+            for batch in p.train_loader:
+                i = prog.batch_in_epoch
+                prog.batch_in_epoch = i + 1
+                boundary = prog.batch_in_epoch % accum == 0 or prog.batch_in_epoch == n_batches
+                # gradient of the group's mean, also for a shorter last group
+                divisor = min(accum, n_batches - (i // accum) * accum)
+                batch = precision.convert_input(to_device(batch, device, non_blocking))
+                with p.strategy.no_sync(model) if not boundary else _NULL:
+                    with precision.autocast():
+                        loss, sums = recipe.step(model, batch)
+                    precision.backward(loss / divisor if divisor != 1 else loss)
+                self._add_window(sums)
+                n = sums.get("count")
+                self.window_samples += int(n) if n is not None else 0
+                if not boundary:
+                    continue
+                precision.step(optimizer, self.params, clip)
+                optimizer.zero_grad(set_to_none=True)
+                if step_scheduler:
+                    scheduler.step()
+                prog.global_step += 1
+                p.console.update()
+                step = prog.global_step
+                if step % log_every == 0:
+                    self._log_train()
+                if eval_every and step % eval_every == 0 and self.evaluate():
+                    finished = True
+                if every_ckpt and step % every_ckpt == 0:
+                    self.save()
+                if p.strategy.any(p.stop.requested):
+                    return self._stop()
+                if finished or step >= max_steps:
+                    finished = True
+                    break
+            prog.samples_seen = prog.global_step * t.batch_size * accum * p.world_size
+            if prog.batch_in_epoch >= n_batches:  # the epoch is complete
+                prog.epoch += 1
+                prog.batch_in_epoch = 0
+                if self.evaluate():
+                    finished = True
+                self.save()
+                if p.strategy.any(p.stop.requested):
+                    return self._stop()
+        if self.window:
+            self._log_train()
+        self.evaluate()
+        self.save()
+        return "completed", EXIT_COMPLETED
+
+    def _stop(self) -> tuple[str, int]:
+        status = self.p.stop.status or "stopped"
+        self.save()
+        self.p.info(f"{status}: saved a checkpoint at step {self.progress.global_step}; run the same command to resume")
+        return status, EXIT_FOR.get(status, 130)
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()

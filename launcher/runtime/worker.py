@@ -1,0 +1,341 @@
+"""Worker entry point: run directory -> environment -> strategy -> recipe -> loop -> summary.
+
+``python -m launcher.runtime.worker RUN_DIR`` (what torchrun and Slurm start); a single process
+calls :func:`main` inside ``launch`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
+from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
+from launcher.recipe_loader import load_recipe
+from launcher.rundir import RunDir, write_atomic
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_run_config(rd: RunDir):
+    tree = yaml.safe_load(rd.config.read_text())
+    recipe_cls = load_recipe(tree["recipe"])
+    return validate(config_class(recipe_cls), tree), recipe_cls
+
+
+def _is_disposable(rd: RunDir) -> bool:
+    """A run directory this attempt created and nothing of value is in yet."""
+    return not rd.complete_checkpoints() and not rd.summary.exists()
+
+
+def _remove_fresh(rd: RunDir, output_dir: Path) -> None:
+    shutil.rmtree(rd.path, ignore_errors=True)
+    # also the (now empty) parents we created, up to and including run.output_dir
+    parent = rd.path.parent
+    for _ in range(2):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        if parent == output_dir:
+            break
+        parent = parent.parent
+
+
+def write_summary(rd: RunDir, summary: dict) -> None:
+    try:
+        write_atomic(rd.summary, json.dumps(summary, indent=2, default=float) + "\n")
+    except OSError as e:
+        _say(f"warning: could not write {rd.summary}: {e.strerror}")
+
+
+def main(run_dir: str) -> int:
+    """Run (or resume) the training described by ``RUN_DIR/config.yaml``. Returns the exit code."""
+    import torch  # noqa: F401  (first torch import of a single-process run happens here)
+
+    from launcher.runtime.env import DistEnv
+
+    rd = RunDir(Path(run_dir))
+    env = DistEnv.from_environ(os.environ)
+    start = time.time()
+    try:
+        cfg, recipe_cls = load_run_config(rd)
+    except LaunchError as e:
+        _say(f"error: {e}")
+        return EXIT_BAD_INPUT
+    quiet = cfg.log.quiet or not env.is_main
+
+    def info(msg: str) -> None:
+        if not quiet:
+            _say(f"launch: {msg}")
+
+    from launcher.runtime.signals import StopFlag
+
+    stop = StopFlag().install()
+    try:
+        parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, stop, info)
+    except LaunchError as e:
+        stop.uninstall()
+        _say(f"error: {e}")
+        if env.is_main and _is_disposable(rd):
+            _remove_fresh(rd, Path(cfg.run.output_dir))
+        return EXIT_BAD_INPUT
+    except BaseException:
+        stop.uninstall()
+        raise
+    status, code, reason = "failed", EXIT_FAILED, None
+    try:
+        status, code = trainer.fit()
+        if env.is_main and status == "completed":
+            export_model(parts, rd)
+    except LaunchError as e:
+        reason = str(e)
+        _say(f"error: {e}")
+    except KeyboardInterrupt:
+        status, code, reason = "stopped", EXIT_STOPPED, "aborted by a second Ctrl-C (no checkpoint written)"
+        _say("aborted: the newest checkpoint is from before this interruption")
+    except Exception as e:  # a bug or a broken recipe: keep the traceback
+        reason = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+    finally:
+        parts.console.close()
+        stop.uninstall()
+    if env.is_main:
+        summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
+        write_summary(rd, summary)
+        parts.jsonl.close()
+        if status == "completed":
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
+            info(f"completed {summary['global_step']} steps in {summary['wall_time_sec']:.1f}s: {shown}")
+            info(f"run directory: {rd.path}")
+    parts.strategy.teardown()
+    return code
+
+
+def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dict:
+    prog, tr = trainer.progress, trainer.trackers
+    t = cfg.train
+    summary = {
+        "status": status,
+        "exit_code": code,
+        "recipe": cfg.recipe,
+        "global_step": prog.global_step,
+        "epochs": prog.epoch + (prog.batch_in_epoch / max(1, trainer.p.train_sampler.batches_per_epoch())),
+        "samples_seen": prog.global_step * t.batch_size * t.grad_accum_steps * trainer.p.world_size,
+        "global_batch_size": t.batch_size * t.grad_accum_steps * trainer.p.world_size,
+        "best": {"metric": cfg.checkpoint.monitor, "value": tr.best_value, "step": tr.best_step},
+        "final_metrics": {**tr.last_train, **tr.last_val},
+        "early_stopped": tr.early_stopped,
+        "wall_time_sec": trainer.wall_time(),
+        "attempt_time_sec": time.time() - start,
+        "resumed_from": resumed_from,
+    }
+    if reason:
+        summary["reason"] = reason
+    return summary
+
+
+def export_model(parts, rd: RunDir) -> None:
+    from safetensors.torch import save_file
+
+    from launcher.runtime.checkpoint import strip_prefixes
+
+    state = strip_prefixes(parts.strategy.unwrap(parts.model).state_dict())
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = rd.model.with_name(f".{rd.model.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"recipe": parts.cfg.recipe})
+    os.replace(tmp, rd.model)
+
+
+def _load_init_weights(model, path: str) -> None:
+    from launcher.runtime.checkpoint import load_state_file
+
+    p = Path(path)
+    if p.is_dir():
+        candidates = [p / "model.safetensors"]
+        ckpts = RunDir(p).complete_checkpoints()
+        if ckpts:
+            candidates.append(ckpts[0] / "model.safetensors")
+        p = next((c for c in candidates if c.is_file()), None)
+        if p is None:
+            raise LaunchError(
+                f"model.init_from={path} holds no model.safetensors; point it at a run directory or a weights file"
+            )
+    elif not p.is_file():
+        raise LaunchError(f"model.init_from={path} not found; point it at a run directory or a weights file")
+    state = load_state_file(str(p))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise LaunchError(f"model.init_from={path} does not fit this model ({str(e).splitlines()[0]})") from None
+
+
+def build(cfg, recipe_cls, rd: RunDir, env, stop, info):
+    """Construct every part of the run and restore the newest checkpoint, if any."""
+    import torch
+
+    from launcher.runtime import checkpoint as ckpt
+    from launcher.runtime import rng
+    from launcher.runtime.data import EpochBatchSampler, make_loader
+    from launcher.runtime.loggers import ConsoleProgress, JsonlLogger
+    from launcher.runtime.loop import Parts, Trainer
+    from launcher.runtime.optim import build_optimizer, build_scheduler
+    from launcher.runtime.precision import Precision
+    from launcher.runtime.strategy import Single, resolve_device
+
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    device = resolve_device(cfg.dist.device, env)
+    strategy = Single(env, device)
+    precision = Precision(cfg.train.precision, device)
+
+    rng.seed_everything(cfg.run.seed)
+    recipe = recipe_cls(cfg)
+    model = recipe.build_model()
+    if getattr(cfg.model, "init_from", None):
+        _load_init_weights(model, cfg.model.init_from)
+    model = precision.convert_model(model).to(device)
+    model = strategy.wrap(model)
+
+    train_ds, val_ds = recipe.build_datasets()
+    d = cfg.data
+    pin = d.pin_memory if d.pin_memory is not None else device.type == "cuda"
+    collate = getattr(recipe, "collate", None)
+    train_sampler = EpochBatchSampler(
+        len(train_ds),
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=cfg.run.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        drop_last=True,
+    )
+    train_loader = make_loader(
+        train_ds, train_sampler, num_workers=d.num_workers, pin_memory=pin, seed=cfg.run.seed, collate_fn=collate
+    )
+    val_loader = None
+    if val_ds is not None and len(val_ds) > 0:
+        val_sampler = EpochBatchSampler(
+            len(val_ds),
+            cfg.train.batch_size,
+            shuffle=False,
+            seed=cfg.run.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            pad=False,
+        )
+        val_loader = make_loader(
+            val_ds,
+            val_sampler,
+            num_workers=d.num_workers,
+            pin_memory=pin,
+            seed=cfg.run.seed + 1,
+            collate_fn=collate,
+            seeded=False,
+        )
+
+    optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
+    manager = ckpt.CheckpointManager(
+        rd,
+        cfg.checkpoint.keep_last,
+        cfg.checkpoint.keep_best,
+        cfg.checkpoint.monitor,
+        cfg.checkpoint.mode,
+        rank=env.rank,
+    )
+    parts = Parts(
+        cfg=cfg,
+        recipe=recipe,
+        strategy=strategy,
+        model=model,
+        optimizer=optimizer,
+        scheduler=None,
+        precision=precision,
+        train_sampler=train_sampler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        checkpoints=manager,
+        run_dir=rd,
+        stop=stop,
+        jsonl=None,
+        console=ConsoleProgress(0, 0, False),
+        info=info,
+        world_size=env.world_size,
+    )
+    trainer = Trainer(parts)
+    parts.scheduler = build_scheduler(optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode)
+    trainer.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    loaded = find_resume(cfg, manager, rd, info)
+    resumed_from = None
+    if loaded is not None:
+        check_resume_config(cfg, loaded)
+        trainer.load(loaded)
+        resumed_from = str(loaded["path"])
+        info(f"resumed from {loaded['path']} (step {trainer.progress.global_step}, epoch {trainer.progress.epoch})")
+    if env.is_main:
+        manager.clean_partial()
+        parts.jsonl = JsonlLogger(rd.metrics, trainer.progress.global_step if loaded is not None else None)
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * env.world_size
+    if loaded is None:
+        info(
+            f"training {cfg.recipe} on {device.type} ({precision.name}); global batch {global_batch}; run directory {rd.path}"
+        )
+    show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
+    parts.console = ConsoleProgress(trainer.total_steps(), trainer.progress.global_step, show_bar)
+    return parts, trainer, resumed_from
+
+
+def find_resume(cfg, manager, rd: RunDir, info):
+    from launcher.runtime.checkpoint import CheckpointManager, CorruptCheckpoint
+
+    resume = cfg.run.resume
+    if resume == "never":
+        return None
+    loaded = manager.load_latest(warn=lambda m: _say(m))
+    if loaded is not None or resume == "auto":
+        if loaded is None and rd.complete_checkpoints():
+            info("no readable checkpoint left; starting fresh (run.resume=auto)")
+        return loaded
+    path = Path(resume)
+    try:
+        return CheckpointManager.load(path, manager.rank)
+    except CorruptCheckpoint as e:
+        raise LaunchError(
+            f"run.resume={resume} is not a complete, readable checkpoint ({e}); pass a checkpoints/step-N directory"
+        ) from None
+
+
+def check_resume_config(cfg, loaded) -> None:
+    """Refuse a checkpoint whose config differs in keys that change results."""
+    cfg_file = Path(loaded["path"]) / "config.yaml"
+    try:
+        old = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    old.get("run", {}).pop("name", None)
+    new = to_plain(cfg)
+    unsafe, _ = split_diff(diff_configs(old, new))
+    if unsafe:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(unsafe.items())[:4])
+        raise LaunchError(
+            f"checkpoint {loaded['path']} was trained with a different config ({shown}); "
+            "resume it with its own config, or use model.init_from=... to start a new run from its weights"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        _say("usage: python -m launcher.runtime.worker RUN_DIR")
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,5 @@
+"""Built-in recipes, registered lazily as ``module:Class`` so that listing them imports no torch."""
+
+BUILTIN: dict[str, str] = {
+    "resnet_finetune": "recipes.resnet_finetune:ResNetFinetune",
+}

@@ -1,0 +1,74 @@
+"""The recipe contract. Importing this module does not import torch.
+
+A recipe supplies the parts that are specific to a task -- model, datasets, the loss and metric
+sums of one batch, default config -- and nothing else. The runtime owns devices, precision,
+``backward()``, optimizers, samplers, distributed code, checkpoints and logging. Recipes must not
+call ``.cuda()``, ``.to(device)``, ``.backward()`` or ``torch.distributed``; a test enforces this
+for the recipes in this repository.
+
+Write your own by subclassing :class:`Recipe` and run it with
+``launch recipe=my_pkg.my_module:MyRecipe`` or ``launch recipe=path/to/file.py:MyRecipe``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from launcher.config import DataSection, ModelSection
+
+# Methods a recipe must implement; the loader names the missing ones.
+REQUIRED_METHODS = ("build_model", "build_datasets", "step")
+
+
+class Recipe:
+    """Base class of recipes.
+
+    Class attributes:
+        name: directory name under ``run.output_dir`` (defaults to the registry name or class name).
+        description: one line for ``launch --list``.
+        Model: pydantic section (subclass of ``ModelSection``) describing ``model.*`` keys.
+        Data: pydantic section (subclass of ``DataSection``) describing ``data.*`` keys.
+        defaults: nested dict of recipe defaults for any section, e.g. ``{"train": {"lr": 0.05}}``.
+        head: parameter-name prefixes of the task head (``["fc."]``); the rest is the backbone,
+            which ``train.backbone_lr_mult`` scales.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Model: ClassVar[type[ModelSection]] = ModelSection
+    Data: ClassVar[type[DataSection]] = DataSection
+    defaults: ClassVar[dict[str, Any]] = {}
+    head: ClassVar[list[str]] = []
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Pre-flight checks that need no torch (paths exist, classes match). Raise ConfigError."""
+
+    def build_model(self) -> Any:  # -> torch.nn.Module
+        raise NotImplementedError
+
+    def build_datasets(self) -> tuple[Any, Any]:  # -> (train Dataset, val Dataset | None)
+        raise NotImplementedError
+
+    def step(self, model: Any, batch: Any) -> tuple[Any, dict[str, Any]]:
+        """Run ``model`` on one batch (already on the right device).
+
+        Returns ``(loss, sums)``: ``loss`` is the scalar to minimise (mean over the batch);
+        ``sums`` maps names to *sums* over the batch (e.g. ``loss`` summed, ``correct``,
+        ``count``) so that adding them across batches and processes gives exact totals.
+        """
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Turn summed values into metrics. Default: every sum divided by ``count``;
+        ``correct`` is reported as ``acc``."""
+        count = sums.get("count", 0.0) or 1.0
+        out = {}
+        for key, value in sums.items():
+            if key == "count":
+                continue
+            out["acc" if key == "correct" else key] = value / count
+        return out

@@ -1,0 +1,373 @@
+"""Config layering, value parsing, validation errors, the config hash and resume-safe diffs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher import config as cfgmod
+from launcher.cli import resolve_from_argv
+from launcher.errors import ConfigError, LaunchError
+from launcher.recipe_loader import load_recipe
+from tests.conftest import TINY
+
+RESNET = load_recipe("resnet_finetune")
+TINY_CLS = load_recipe(TINY)
+
+
+def resolve(*pairs: str, files: list[dict] | None = None, recipe: str = "resnet_finetune"):
+    """Resolve ``recipe`` with ``key=value`` strings (as on the command line)."""
+    cls = RESNET if recipe == "resnet_finetune" else TINY_CLS
+    overrides = [cfgmod.split_override(p) for p in pairs]
+    return cfgmod.resolve(cls, files or [], [("recipe", recipe), *overrides])
+
+
+def config_error(*pairs: str, **kw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        resolve(*pairs, **kw)
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_schema_defaults_apply_where_nothing_else_sets_a_key():
+    cfg = resolve(recipe=TINY)
+    # Tiny sets neither: schema defaults.
+    assert cfg.train.momentum == 0.9
+    assert cfg.train.optimizer == "sgd"
+    assert cfg.checkpoint.keep_last == 2
+    assert cfg.dist.procs == 1
+
+
+def test_recipe_defaults_override_schema_defaults():
+    cfg = resolve(recipe=TINY)
+    assert cfg.train.lr == 0.05  # schema default is 0.1
+    assert cfg.train.epochs == 2  # schema default is 1
+    assert cfg.train.batch_size == 8  # schema default is 64
+    r = resolve()
+    assert r.train.scheduler == "cosine"  # schema default is none
+    assert r.checkpoint.monitor == "val/acc" and r.checkpoint.mode == "max"
+
+
+def test_config_file_overrides_recipe_defaults_and_keeps_the_rest():
+    cfg = resolve(recipe=TINY, files=[{"train": {"lr": 0.2}}])
+    assert cfg.train.lr == 0.2
+    # Deep merge: the other recipe defaults of train.* survive.
+    assert cfg.train.epochs == 2
+    assert cfg.train.batch_size == 8
+
+
+def test_later_config_files_override_earlier_ones():
+    first = {"train": {"lr": 0.2, "batch_size": 4}, "run": {"seed": 7}}
+    second = {"train": {"lr": 0.3}}
+    cfg = resolve(recipe=TINY, files=[first, second])
+    assert cfg.train.lr == 0.3
+    assert cfg.train.batch_size == 4
+    assert cfg.run.seed == 7
+    assert resolve(recipe=TINY, files=[second, first]).train.lr == 0.2
+
+
+def test_key_value_overrides_config_files():
+    cfg = resolve("train.lr=0.4", recipe=TINY, files=[{"train": {"lr": 0.2, "batch_size": 4}}])
+    assert cfg.train.lr == 0.4
+    assert cfg.train.batch_size == 4
+
+
+def test_later_key_value_wins():
+    assert resolve("train.lr=0.2", "train.lr=0.3").train.lr == 0.3
+
+
+def test_cli_layers_by_kind_not_by_position(tmp_path):
+    a = write(tmp_path / "a.yaml", "train:\n  lr: 0.2\n  batch_size: 4\n  epochs: 3\n")
+    b = write(tmp_path / "b.yaml", "train:\n  lr: 0.3\n")
+    # key=value given *before* the config files still wins; b.yaml (later) beats a.yaml.
+    tokens = ("train.epochs=5", "recipe=resnet_finetune", f"config={a}", f"config={b}")
+    spec, cls, cfg, overrides = resolve_from_argv(tokens, [])
+    assert spec == "resnet_finetune" and cls is RESNET
+    assert cfg.train.epochs == 5
+    assert cfg.train.lr == 0.3
+    assert cfg.train.batch_size == 4
+    assert overrides == [("train.epochs", "5")]
+
+
+def test_recipe_can_come_from_a_config_file(tmp_path):
+    f = write(tmp_path / "exp.yaml", "recipe: resnet_finetune\ntrain:\n  lr: 0.02\n")
+    spec, cls, cfg, _ = resolve_from_argv((f"config={f}",), [])
+    assert spec == "resnet_finetune" and cls is RESNET
+    assert cfg.recipe == "resnet_finetune"
+    assert cfg.train.lr == 0.02
+
+
+def test_option_shorthands_are_layered_like_key_values():
+    _, _, cfg, _ = resolve_from_argv(
+        ("recipe=resnet_finetune",), [("dist.procs", "2"), ("train.precision", "bf16-mixed")]
+    )
+    assert cfg.dist.procs == 2
+    assert cfg.train.precision == "bf16-mixed"
+
+
+# --------------------------------------------------------------------------- value parsing
+
+
+def test_string_keys_stay_verbatim():
+    cfg = resolve("run.name=007", "data.root=0123")
+    assert cfg.run.name == "007"
+    assert cfg.data.root == "0123"
+    assert cfg.model.weights == "none"
+
+
+def test_scientific_notation_is_a_float():
+    cfg = resolve("train.lr=1e-3", "train.weight_decay=5E-4", "train.min_lr=.5e-5")
+    assert cfg.train.lr == pytest.approx(0.001) and isinstance(cfg.train.lr, float)
+    assert cfg.train.weight_decay == pytest.approx(5e-4)
+    assert cfg.train.min_lr == pytest.approx(5e-6)
+
+
+def test_lists_ints_and_bools_are_parsed():
+    cfg = resolve(
+        "train.scheduler=multistep",
+        "train.milestones=[10,20]",
+        "train.epochs=3",
+        "run.deterministic=true",
+        "log.backends=[jsonl]",
+        "train.betas=[0.8,0.99]",
+    )
+    assert cfg.train.milestones == [10, 20]
+    assert cfg.train.epochs == 3
+    assert cfg.run.deterministic is True
+    assert cfg.log.backends == ["jsonl"]
+    assert cfg.train.betas == (0.8, 0.99)
+
+
+def test_null_clears_optional_keys():
+    cfg = resolve("train.grad_clip=1.0", "train.grad_clip=null", "data.num_classes=null", "run.name=null")
+    assert cfg.train.grad_clip is None
+    assert cfg.data.num_classes is None
+    assert cfg.run.name is None
+    assert resolve("train.max_steps=~").train.max_steps is None
+
+
+def test_parse_value_directly():
+    cls = cfgmod.config_class(RESNET)
+    assert cfgmod.parse_value(cls, "run.name", "007") == "007"
+    assert cfgmod.parse_value(cls, "run.name", "null") is None
+    assert cfgmod.parse_value(cls, "run.output_dir", "null") == "null"  # plain str: verbatim
+    assert cfgmod.parse_value(cls, "train.lr", "1e-3") == 0.001
+    assert cfgmod.parse_value(cls, "train.epochs", "3") == 3
+    assert cfgmod.parse_value(cls, "train.milestones", "[10, 20]") == [10, 20]
+    assert cfgmod.parse_value(cls, "train.grad_clip", "null") is None
+
+
+def test_split_override():
+    assert cfgmod.split_override("train.lr=0.1") == ("train.lr", "0.1")
+    assert cfgmod.split_override("run.name=a=b") == ("run.name", "a=b")
+    assert cfgmod.split_override("run.name=") == ("run.name", "")
+    for bad in ("train.lr", "=3", ""):
+        with pytest.raises(ConfigError, match="expected key=value"):
+            cfgmod.split_override(bad)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_config_error_is_a_launch_error():
+    assert issubclass(ConfigError, LaunchError)
+
+
+def test_unknown_key_suggests_the_close_key():
+    msg = config_error("train.lrr=0.1")
+    assert "'train.lrr'" in msg
+    assert "did you mean train.lr?" in msg
+
+
+def test_bare_leaf_key_suggests_its_section():
+    msg = config_error("lr=0.1")
+    assert "'lr'" in msg
+    assert "did you mean train.lr?" in msg
+
+
+def test_unknown_key_without_a_close_match_points_at_show_config():
+    msg = config_error("zzz.qqq=1")
+    assert "unknown config key 'zzz'" in msg
+    assert "--show-config" in msg
+    assert "did you mean" not in msg
+
+
+def test_unknown_recipe_specific_key_suggests_within_the_recipe():
+    msg = config_error("model.arh=resnet34")
+    assert "did you mean model.arch?" in msg
+
+
+def test_wrong_type():
+    msg = config_error("train.epochs=abc")
+    assert "train.epochs" in msg and "abc" in msg
+    assert "integer" in msg
+
+
+@pytest.mark.parametrize(
+    ("pair", "needle"),
+    [
+        ("train.lr=-0.1", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.momentum=1.0", "train.momentum"),
+        ("train.precision=fp8", "train.precision"),
+        ("dist.device=tpu", "dist.device"),
+        ("model.arch=resnet101", "model.arch"),
+        ("run.name=a/b", "run.name"),
+        ("train.milestones=[20,10]", "increasing"),
+    ],
+)
+def test_bad_values(pair, needle):
+    msg = config_error(pair)
+    assert needle in msg
+
+
+def test_negative_lr_message_names_the_bound():
+    msg = config_error("train.lr=-1")
+    assert msg.startswith("bad value train.lr=-1:")
+    assert "greater than 0" in msg
+
+
+def test_multistep_needs_milestones():
+    msg = config_error("train.scheduler=multistep")
+    assert "train.scheduler=multistep needs train.milestones" in msg
+    # ... and is fine with them.
+    assert resolve("train.scheduler=multistep", "train.milestones=[5]").train.milestones == [5]
+
+
+def test_unknown_log_backend():
+    msg = config_error("log.backends=[jsonl,wandb]")
+    assert "unknown log backend 'wandb'" in msg
+    assert "jsonl" in msg and "console" in msg
+
+
+def test_several_problems_are_counted_on_one_line():
+    msg = config_error("train.lr=-1", "train.epochs=0", "train.batch_size=0")
+    assert "(and 2 more problems)" in msg
+    assert "(and 1 more problem)" in config_error("train.lr=-1", "train.epochs=0")
+
+
+def test_recipe_check_errors_are_config_errors():
+    msg = config_error("data.num_classes=5")
+    assert "data.num_classes=5" in msg and "10 classes" in msg
+
+
+def test_bad_yaml_file(tmp_path):
+    f = write(tmp_path / "bad.yaml", "train:\n  lr: 0.1\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError) as exc:
+        cfgmod.load_yaml_file(f)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "not valid YAML" in msg and f in msg
+    assert "(line " in msg
+
+
+def test_missing_config_file(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not found") as exc:
+        cfgmod.load_yaml_file(missing)
+    assert missing in str(exc.value)
+    # A directory is not a config file either.
+    with pytest.raises(ConfigError, match="not found"):
+        cfgmod.load_yaml_file(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "42\n", "just a string\n"])
+def test_config_file_must_be_a_mapping(tmp_path, text):
+    f = write(tmp_path / "list.yaml", text)
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        cfgmod.load_yaml_file(f)
+
+
+def test_empty_config_file_is_an_empty_layer(tmp_path):
+    assert cfgmod.load_yaml_file(write(tmp_path / "empty.yaml", "")) == {}
+
+
+def test_unknown_key_in_a_config_file_is_reported(tmp_path):
+    f = write(tmp_path / "exp.yaml", "train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'; did you mean train.lr\?"):
+        resolve_from_argv(("recipe=resnet_finetune", f"config={f}"), [])
+
+
+# --------------------------------------------------------------------------- YAML round trip
+
+
+def test_to_yaml_round_trips():
+    cfg = resolve("train.lr=1e-3", "run.name=007", "train.scheduler=multistep", "train.milestones=[10,20]")
+    back = yaml.safe_load(cfgmod.to_yaml(cfg))
+    assert back["run"]["name"] == "007"
+    assert back["train"]["lr"] == 0.001
+    assert back["train"]["milestones"] == [10, 20]
+    again = cfgmod.validate(cfgmod.config_class(RESNET), back)
+    assert again == cfg
+
+
+# --------------------------------------------------------------------------- hash and diffs
+
+
+def test_config_hash_is_stable():
+    assert cfgmod.config_hash(resolve()) == cfgmod.config_hash(resolve())
+    assert len(cfgmod.config_hash(resolve())) == 8
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        "log.quiet=true",
+        "log.backends=[jsonl]",
+        "checkpoint.keep_last=5",
+        "checkpoint.every_steps=10",
+        "data.num_workers=4",
+        "run.name=foo",
+        "run.output_dir=elsewhere",
+        "data.root=/somewhere",
+    ],
+)
+def test_config_hash_ignores_operational_keys(pair):
+    assert cfgmod.config_hash(resolve(pair)) == cfgmod.config_hash(resolve())
+
+
+@pytest.mark.parametrize("pair", ["train.lr=0.01", "train.epochs=2", "model.arch=resnet34", "run.seed=1"])
+def test_config_hash_changes_with_results_keys(pair):
+    assert cfgmod.config_hash(resolve(pair)) != cfgmod.config_hash(resolve())
+
+
+def test_split_diff_separates_safe_from_unsafe():
+    old = cfgmod.to_plain(resolve())
+    new = cfgmod.to_plain(resolve("train.epochs=9", "train.lr=0.01", "log.quiet=true"))
+    diff = cfgmod.diff_configs(old, new)
+    assert set(diff) == {"train.epochs", "train.lr", "log.quiet"}
+    assert diff["train.lr"] == (0.05, 0.01)
+    unsafe, safe = cfgmod.split_diff(diff)
+    assert set(unsafe) == {"train.lr"}
+    assert set(safe) == {"train.epochs", "log.quiet"}
+    assert safe["train.epochs"] == (6, 9)
+
+
+def test_identical_configs_have_no_diff():
+    assert cfgmod.diff_configs(cfgmod.to_plain(resolve()), cfgmod.to_plain(resolve())) == {}
+
+
+def test_resolve_does_not_mutate_recipe_defaults_or_file_layers():
+    before = yaml.safe_dump(RESNET.defaults)
+    layer = {"train": {"batch_size": 4}, "model": {"arch": "resnet34"}}
+    with pytest.raises(ConfigError):
+        resolve("train.lrr=1")
+    resolve("train.lr=0.3", "model.weights=DEFAULT", files=[layer])
+    assert yaml.safe_dump(RESNET.defaults) == before
+    assert layer == {"train": {"batch_size": 4}, "model": {"arch": "resnet34"}}
+    # A later resolve in the same process sees the pristine defaults.
+    cfg = resolve()
+    assert cfg.train.lr == 0.05
+    assert cfg.model.weights == "none"

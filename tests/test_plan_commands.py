@@ -1,0 +1,104 @@
+"""Pure planning and command building: resolved config -> Plan -> Command."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.commands import WORKER_MODULE, Command, build_command, worker_env
+from launcher.config import resolve
+from launcher.errors import ConfigError
+from launcher.plan import Plan, make_plan
+from launcher.recipe_loader import load_recipe
+
+RECIPE = load_recipe("resnet_finetune")
+
+
+def cfg_with(*pairs: tuple[str, str]):
+    return resolve(RECIPE, [], [("recipe", "resnet_finetune"), *pairs])
+
+
+def test_default_plan_is_single_in_process():
+    plan = make_plan(cfg_with())
+    assert plan == Plan(strategy="single", device="auto", procs_per_node=1, nodes=1, launcher="in-process")
+    assert plan.world_size == 1
+
+
+def test_plan_keeps_the_requested_device_and_explicit_single():
+    plan = make_plan(cfg_with(("dist.device", "cpu"), ("dist.strategy", "single")))
+    assert plan.strategy == "single"
+    assert plan.device == "cpu"
+    assert plan.launcher == "in-process"
+
+
+def test_world_size_is_procs_times_nodes():
+    assert Plan("ddp", "cuda", 4, 2, "torchrun").world_size == 8
+
+
+@pytest.mark.parametrize(
+    ("pairs", "needle"),
+    [
+        ([("dist.strategy", "single"), ("dist.procs", "2")], "dist.strategy=single runs one process"),
+        ([("dist.procs", "2")], "strategy ddp is not available"),
+        ([("dist.strategy", "deepspeed")], "strategy deepspeed is not available"),
+        ([("train.precision", "fp16-mixed"), ("dist.device", "cpu")], "fp16-mixed needs a CUDA GPU"),
+        ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed needs a CUDA GPU"),
+        ([("dist.nodes", "2")], "--nodes 2 needs a cluster"),
+        ([("slurm.enabled", "true")], "--slurm is not available"),
+    ],
+)
+def test_plan_refuses_what_it_cannot_run(pairs, needle):
+    with pytest.raises(ConfigError) as exc:
+        make_plan(cfg_with(*pairs))
+    assert needle in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_fp16_is_allowed_on_cuda():
+    plan = make_plan(cfg_with(("train.precision", "fp16-mixed"), ("dist.device", "cuda")))
+    assert plan.device == "cuda"
+
+
+def test_build_command_runs_the_worker_on_the_run_dir(tmp_path):
+    cfg = cfg_with()
+    run_dir = tmp_path / "runs" / "resnet_finetune" / "x"
+    cmd = build_command(make_plan(cfg), cfg, run_dir)
+    assert cmd.argv == [sys.executable, "-m", "launcher.runtime.worker", str(run_dir)]
+    assert WORKER_MODULE == "launcher.runtime.worker"
+    assert cmd.in_process is True
+    assert cmd.env == {}
+
+
+def test_build_command_uses_the_given_python():
+    cfg = cfg_with()
+    cmd = build_command(make_plan(cfg), cfg, Path("r"), python="/opt/py/bin/python3")
+    assert cmd.argv == ["/opt/py/bin/python3", "-m", WORKER_MODULE, "r"]
+
+
+def test_build_command_refuses_unknown_launchers():
+    cfg = cfg_with()
+    with pytest.raises(ValueError, match="torchrun"):
+        build_command(Plan("ddp", "cuda", 2, 1, "torchrun"), cfg, Path("r"))
+
+
+def test_deterministic_sets_cublas_workspace():
+    assert worker_env(cfg_with()) == {}
+    cfg = cfg_with(("run.deterministic", "true"))
+    assert worker_env(cfg) == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    cmd = build_command(make_plan(cfg), cfg, Path("r"))
+    assert cmd.env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert cmd.render().startswith("CUBLAS_WORKSPACE_CONFIG=:4096:8 ")
+
+
+def test_render_quotes_arguments_with_spaces():
+    cmd = Command(["/usr/bin/python", "-m", WORKER_MODULE, "runs/my run/x y"], {"B": "two words", "A": "1"})
+    text = cmd.render()
+    assert text == "A=1 B='two words' /usr/bin/python -m launcher.runtime.worker 'runs/my run/x y'"
+    assert shlex.split(text) == ["A=1", "B=two words", "/usr/bin/python", "-m", WORKER_MODULE, "runs/my run/x y"]
+
+
+def test_render_without_env_is_just_the_argv():
+    assert Command(["python", "-m", "x", "a'b"]).render() == "python -m x 'a'\"'\"'b'"
