@@ -36,27 +36,33 @@ complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C),
 """
 
 
-def _shorthand_overrides(opts: dict) -> list[tuple[str, str]]:
+def _shorthand_overrides(opts: dict) -> list[tuple[str, str, str]]:
+    """Options -> (key, value, how the user wrote it)."""
     out = []
     if opts.get("gpus") is not None:
-        out += [("dist.device", "cuda"), ("dist.procs", str(opts["gpus"]))]
+        n = opts["gpus"]
+        out += [("dist.device", "cuda", f"--gpus {n}"), ("dist.procs", str(n), f"--gpus {n}")]
     for opt, key in SHORTHANDS.items():
         if opts.get(opt) is not None:
-            out.append((key, str(opts[opt])))
+            out.append((key, str(opts[opt]), f"--{opt} {opts[opt]}"))
     if opts.get("slurm"):
-        out.append(("slurm.enabled", "true"))
+        out.append(("slurm.enabled", "true", "--slurm"))
     return out
 
 
-def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    given = dict(args)
-    for key, value in flags:
-        if key in given and given[key] != value:
-            raise LaunchError(f"{key}={given[key]} conflicts with the option that sets {key}={value}; give one of them")
-    return args + flags
+def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """Options may not contradict KEY=VALUE arguments or each other (e.g. --gpus 2 --device cpu)."""
+    import yaml
+
+    given = {k: (v, f"{k}={v}") for k, v in args}
+    for key, value, origin in flags:
+        if key in given and yaml.safe_load(given[key][0] or "''") != yaml.safe_load(value):
+            raise LaunchError(f"{given[key][1]} conflicts with {origin} (both set {key}); give only one of them")
+        given.setdefault(key, (value, origin))
+    return args + [(k, v) for k, v, _ in flags]
 
 
-def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str]]):
+def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str, str]]):
     """key=value tokens + option shorthands -> (recipe spec, recipe class, config, overrides)."""
     from launcher import config as cfgmod
     from launcher.recipe_loader import load_recipe, normalize_spec

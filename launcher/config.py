@@ -160,7 +160,6 @@ OPERATIONAL_KEYS = (
     "run.name",
     "run.output_dir",
     "run.resume",
-    "data.root",
     "data.num_workers",
     "data.pin_memory",
     "data.download",
@@ -169,8 +168,15 @@ OPERATIONAL_KEYS = (
     "slurm.",
 )
 # Keys that may change between a run and its resumption without changing what was computed so
-# far (more epochs, a step cap, evaluation cadence).
-RESUME_SAFE_KEYS = (*OPERATIONAL_KEYS, "train.epochs", "train.max_steps", "train.eval_every", "train.log_every")
+# far (more epochs, a step cap, evaluation cadence, data moved to another folder).
+RESUME_SAFE_KEYS = (
+    *OPERATIONAL_KEYS,
+    "data.root",
+    "train.epochs",
+    "train.max_steps",
+    "train.eval_every",
+    "train.log_every",
+)
 
 
 def config_class(recipe_cls: type) -> type[Config]:

@@ -78,7 +78,11 @@ def load_recipe(spec: str) -> type[Recipe]:
             ) from None
     cls = getattr(module, cls_name, None)
     if cls is None:
-        names = [n for n, v in vars(module).items() if inspect.isclass(v) and hasattr(v, "step")]
+        names = [
+            n
+            for n, v in vars(module).items()
+            if inspect.isclass(v) and hasattr(v, "step") and v.__module__ == module.__name__
+        ]
         hint = f"; classes there: {', '.join(names)}" if names else ""
         raise ConfigError(f"recipe module {module_part!r} has no class {cls_name!r}{hint}")
     check_contract(cls, spec)

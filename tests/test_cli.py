@@ -182,10 +182,20 @@ def test_option_agreeing_with_a_key_is_fine():
     assert show_config(R, "dist.procs=2", "--procs", "2")["dist"]["procs"] == 2
 
 
+def test_options_conflicting_with_each_other_are_refused(capsys, cwd):
+    code, _, err = call_main([R, "--gpus", "2", "--device", "cpu"], capsys)
+    assert code == 2
+    assert err.startswith("error: --gpus 2 conflicts with --device cpu")
+
+
+def test_equal_values_spelled_differently_do_not_conflict():
+    assert show_config(R, "dist.procs=03", "--procs", "3")["dist"]["procs"] == 3
+
+
 def test_option_conflicting_with_a_key_is_refused(capsys, cwd):
     code, out, err = call_main([R, "dist.procs=3", "--procs", "2"], capsys)
     assert code == 2
-    assert err.startswith("error: dist.procs=3 conflicts with the option that sets dist.procs=2")
+    assert err.startswith("error: dist.procs=3 conflicts with --procs 2")
     assert err.count("\n") == 1
     assert out == ""
 
@@ -355,7 +365,7 @@ BAD_INPUTS = {
     "slurm": (_const(R, "--slurm"), "--slurm is not available"),
     "several procs": (_const(R, "--procs", "2"), "strategy ddp is not available"),
     "gpus 2": (_const(R, "--gpus", "2"), "strategy ddp is not available"),
-    "conflict": (_const(R, "dist.procs=3", "--procs", "2"), "conflicts with the option"),
+    "conflict": (_const(R, "dist.procs=3", "--procs", "2"), "conflicts with --procs 2"),
     "image_folder root missing": (_folder_missing, "does not exist"),
     "image_folder no classes": (_folder_no_classes, "has no class folders"),
     "image_folder no val": (_folder_no_val, "val is missing"),

@@ -17,12 +17,15 @@ def param_groups(model: torch.nn.Module, t: TrainSection, head: list[str]) -> li
     """
     if t.backbone_lr_mult != 1.0 and not head:
         raise ConfigError("train.backbone_lr_mult needs a recipe that declares its head; drop the key")
+    # Split only where settings differ: fewer groups, fewer (foreach) optimizer kernels.
+    split_head = t.backbone_lr_mult != 1.0
+    split_decay = t.weight_decay > 0
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = not head or any(name.startswith(h) for h in head)
-        decay = p.ndim > 1
+        is_head = not split_head or any(name.startswith(h) for h in head)
+        decay = not split_decay or p.ndim > 1
         groups.setdefault((is_head, decay), []).append(p)
     out = []
     for is_head in (True, False):
@@ -30,7 +33,9 @@ def param_groups(model: torch.nn.Module, t: TrainSection, head: list[str]) -> li
             params = groups.get((is_head, decay))
             if params:
                 lr = t.lr if is_head else t.lr * t.backbone_lr_mult
-                out.append({"params": params, "lr": lr, "weight_decay": t.weight_decay if decay else 0.0})
+                out.append(
+                    {"params": params, "lr": lr, "weight_decay": t.weight_decay if decay and split_decay else 0.0}
+                )
     if not out:
         raise ConfigError("the model has no trainable parameters (is everything frozen?); unfreeze something")
     return out

@@ -39,11 +39,14 @@ def restore(state: dict[str, Any]) -> None:
 
 
 class Seeded:
-    """Context manager: run a block with RNGs seeded from ``seed`` and restore the outer state.
+    """Context manager: run a block (a batch's data loading) with RNGs seeded from ``seed``.
 
     Used per batch for data augmentation, so the random transforms of batch *k* of epoch *e*
     are the same whether the epoch ran in one go or was resumed at batch *k*, and whatever the
-    number of loader workers.
+    number of loader workers. torch's CPU generator is restored afterwards, so the training
+    step (dropout) sees the same stream as without the wrapper. Python's ``random`` is only
+    reseeded, not restored: saving its 625-word state costs ~15 us per batch, and reseeding
+    alone keeps every run, resumed or not, deterministic.
     """
 
     __slots__ = ("seed", "_saved")
@@ -52,11 +55,11 @@ class Seeded:
         self.seed = seed
 
     def __enter__(self) -> None:
-        self._saved = (random.getstate(), torch.get_rng_state())
+        gen = torch.default_generator
+        self._saved = gen.get_state()
         random.seed(self.seed)
         # Only the CPU generator: torch.manual_seed would also reseed (and not restore) CUDA.
-        torch.default_generator.manual_seed(self.seed)
+        gen.manual_seed(self.seed)
 
     def __exit__(self, *exc) -> None:
-        random.setstate(self._saved[0])
-        torch.set_rng_state(self._saved[1])
+        torch.default_generator.set_state(self._saved)

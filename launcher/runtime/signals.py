@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 
 from launcher.errors import EXIT_PREEMPTED, EXIT_STOPPED
 
@@ -28,6 +29,8 @@ class StopFlag:
             self.status = STATUS_FOR[signum]
 
     def install(self) -> StopFlag:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only (e.g. the runtime embedded in a thread)
         for sig in STATUS_FOR:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

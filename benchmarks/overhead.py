@@ -1,0 +1,145 @@
+"""Loop overhead: our runtime vs. a hand-written PyTorch loop, side by side in one process.
+
+    .venv/bin/python benchmarks/overhead.py [--epochs 3] [--hidden 512] [--threads 1]
+
+Both train the same MLP on the same data from the same seed, in one CPU process, each in its
+own thread. They run in lock-step -- one step of the hand-written loop, one step of the runtime, and so on -- so the
+noise of a shared machine hits both alike; each side's step time excludes waiting for the
+other. Prints the median step-time ratio (goal <= 1.02; issue 8 asks <= 1.01) and whether the
+two loss sequences are bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # noqa: E402
+from launcher import config as cfgmod  # noqa: E402
+from launcher.recipe_loader import load_recipe  # noqa: E402
+from launcher.rundir import RunDir, write_atomic  # noqa: E402
+from launcher.runtime.data import mix_seed  # noqa: E402
+
+SEED = 0
+SPEC = "benchmarks.common:BenchRecipe"
+
+
+def vanilla_setup(args):
+    """What an engineer writes by hand: seed, model, SGD (built before the race starts)."""
+    common.seed_all(SEED)
+    model = common.make_model(args.features, args.hidden, args.depth, 10)
+    data = common.make_data(args.size, args.features, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    return model, data, opt
+
+
+def vanilla_loop(args, model, data, opt, lock: common.Lockstep, losses: list[float]) -> None:
+    torch.set_num_threads(args.threads)  # OpenMP thread counts are per thread: set it here too
+    try:
+        n_batches = len(data) // args.batch_size
+        for epoch in range(args.epochs):
+            # the same shuffled order as the runtime's sampler (seeded by (seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed(SEED, epoch))
+            perm = torch.randperm(len(data), generator=g).tolist()
+            batches = [perm[b * args.batch_size : (b + 1) * args.batch_size] for b in range(n_batches)]
+            # own generator: creating the iterator must not draw from the global RNG
+            loader = torch.utils.data.DataLoader(data, batch_sampler=batches, generator=torch.Generator())
+            model.train()
+            for x, y in loader:
+                lock.tick("vanilla")
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                losses.append(loss.item())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        lock.tick("vanilla")  # closes the last interval
+    finally:
+        lock.finish("vanilla")
+
+
+def runtime_run(args, workdir: Path, lock: common.Lockstep) -> None:
+    from launcher.runtime.worker import main as worker_main
+
+    torch.set_num_threads(args.threads)
+    overrides = [
+        ("recipe", SPEC),
+        ("run.seed", str(SEED)),
+        ("train.epochs", str(args.epochs)),
+        ("train.batch_size", str(args.batch_size)),
+        ("train.lr", str(args.lr)),
+        ("train.momentum", "0.9"),
+        ("train.log_every", "50"),
+        ("model.hidden", str(args.hidden)),
+        ("model.depth", str(args.depth)),
+        ("data.size", str(args.size)),
+        ("data.features", str(args.features)),
+        ("log.backends", "[jsonl]"),
+        ("log.quiet", "true"),
+    ]
+    cfg = cfgmod.resolve(load_recipe(SPEC), [], overrides)
+    run_dir = RunDir(Path(tempfile.mkdtemp(dir=workdir)))
+    write_atomic(run_dir.config, cfgmod.to_yaml(cfg))
+    try:
+        code = worker_main(str(run_dir.path))
+        assert code == 0, f"runtime exited {code}"
+        lock.tick("runtime")  # closes the last interval (includes the final eval/checkpoint: an outlier)
+    finally:
+        lock.finish("runtime")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=8192)
+    ap.add_argument("--features", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+
+    lock = common.Lockstep("vanilla", "runtime")
+    vanilla_losses: list[float] = []
+    model, data, opt = vanilla_setup(args)
+    common.LOSSES.clear()
+    common.ON_STEP[0] = lambda: lock.tick("runtime")
+    # Both loops run in worker threads (symmetric: same allocator arenas, same thread settings).
+    threads = [
+        threading.Thread(target=vanilla_loop, args=(args, model, data, opt, lock, vanilla_losses)),
+        threading.Thread(target=runtime_run, args=(args, work, lock)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    common.ON_STEP[0] = lambda: None
+
+    v, r = lock.intervals["vanilla"], lock.intervals["runtime"]
+    mv, mr = common.median(v), common.median(r)
+    identical = vanilla_losses == common.LOSSES
+    print(
+        f"model: MLP {args.features}-{args.hidden}x{args.depth}-10, batch {args.batch_size}, "
+        f"{len(vanilla_losses)} steps, {args.threads} thread(s), lock-step"
+    )
+    print(f"median step: vanilla {mv * 1e3:.3f} ms, runtime {mr * 1e3:.3f} ms")
+    print(f"step-time ratio (runtime / vanilla): {mr / mv:.4f}   (goal <= 1.02)")
+    print(f"loss sequences bit-identical: {identical}   ({len(vanilla_losses)} losses)")
+    if not identical:
+        pairs = list(zip(vanilla_losses, common.LOSSES, strict=False))
+        first = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+        print(f"  first difference at step {first}")
+
+
+if __name__ == "__main__":
+    main()
