@@ -70,6 +70,10 @@ def load_recipe(spec: str) -> type[Recipe]:
     if module_part.endswith(".py") or os.sep in module_part:
         module = _import_file(module_part)
     else:
+        # `launch` is a console script: unlike `python -m`, the current directory is not on
+        # sys.path, but users expect `recipe=my_pkg.module:Class` to find ./my_pkg.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as e:

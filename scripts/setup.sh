@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-  echo "error: $PYTHON is missing or older than 3.10; install Python 3.10+ (Debian: apt-get install python3 python3-venv)" >&2
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: $PYTHON is missing or older than 3.11; install Python 3.11+ (Debian: apt-get install python3 python3-venv)" >&2
   exit 2
 fi
 if [ ! -x .venv/bin/python ]; then

@@ -131,7 +131,9 @@ def test_show_config_is_yaml_with_the_override():
     cfg = show_config(R, "train.lr=0.02", "run.name=007", "train.milestones=[10,20]")
     assert cfg["recipe"] == "resnet_finetune"
     assert cfg["train"]["lr"] == 0.02
-    assert cfg["train"]["epochs"] == 6  # recipe default
+    from recipes.resnet_finetune import ResNetFinetune
+
+    assert cfg["train"]["epochs"] == ResNetFinetune.defaults["train"]["epochs"]  # recipe default
     assert cfg["run"]["name"] == "007"
     assert cfg["train"]["milestones"] == [10, 20]
     assert cfg["model"]["arch"] == "resnet18"

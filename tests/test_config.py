@@ -350,11 +350,11 @@ def test_split_diff_separates_safe_from_unsafe():
     new = cfgmod.to_plain(resolve("train.epochs=9", "train.lr=0.01", "log.quiet=true"))
     diff = cfgmod.diff_configs(old, new)
     assert set(diff) == {"train.epochs", "train.lr", "log.quiet"}
-    assert diff["train.lr"] == (0.05, 0.01)
+    assert diff["train.lr"] == (RESNET.defaults["train"]["lr"], 0.01)
     unsafe, safe = cfgmod.split_diff(diff)
     assert set(unsafe) == {"train.lr"}
     assert set(safe) == {"train.epochs", "log.quiet"}
-    assert safe["train.epochs"] == (6, 9)
+    assert safe["train.epochs"] == (RESNET.defaults["train"]["epochs"], 9)
 
 
 def test_identical_configs_have_no_diff():
@@ -371,5 +371,5 @@ def test_resolve_does_not_mutate_recipe_defaults_or_file_layers():
     assert layer == {"train": {"batch_size": 4}, "model": {"arch": "resnet34"}}
     # A later resolve in the same process sees the pristine defaults.
     cfg = resolve()
-    assert cfg.train.lr == 0.05
+    assert cfg.train.lr == RESNET.defaults["train"]["lr"]
     assert cfg.model.weights == "none"

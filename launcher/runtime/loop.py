@@ -98,7 +98,10 @@ class Trainer:
             ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time()},
             ckpt.K_TRACKERS: {
                 **asdict(self.trackers),
-                "window": {k: _scalar(v) for k, v in self.window.items()},
+                # kept as they are (dtype included), so the logged values after a resume are exact
+                "window": {
+                    k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self.window.items()
+                },
                 "window_samples": self.window_samples,
             },
             ckpt.K_RECIPE: self.cfg.recipe,
@@ -123,7 +126,8 @@ class Trainer:
         tr = dict(state[ckpt.K_TRACKERS])
         window = tr.pop("window", {})
         self.window_samples = tr.pop("window_samples", 0)
-        self.window = {k: torch.tensor(v, dtype=torch.float64) for k, v in window.items()}
+        device = self.p.strategy.device
+        self.window = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in window.items()}
         self.trackers = Trackers(**tr)
         if loaded["rng"] is not None:
             rng.restore(loaded["rng"])
