@@ -114,6 +114,9 @@ class CheckpointSection(Section):
     keep_best: int = Field(0, ge=0)
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+    async_: bool = Field(
+        False, alias="async", description="write in a background thread; training stalls only for a copy"
+    )
 
 
 class LogSection(Section):
@@ -212,10 +215,11 @@ def split_override(arg: str) -> tuple[str, str]:
 def _field_annotation(cls: type[BaseModel], key: str) -> Any:
     node: Any = cls
     for part in key.split("."):
-        fields = getattr(node, "model_fields", None)
-        if not fields or part not in fields:
+        fields = getattr(node, "model_fields", None) or {}
+        field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if field is None:
             return None
-        node = fields[part].annotation
+        node = field.annotation
     return node
 
 
@@ -286,6 +290,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def all_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model_cls.model_fields.items():
+        name = field.alias or name
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys.extend(all_keys(ann, f"{prefix}{name}."))
@@ -344,7 +349,7 @@ def resolve(recipe_cls: type, file_layers: list[dict], overrides: list[tuple[str
 
 
 def to_plain(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json")
+    return cfg.model_dump(mode="json", by_alias=True)
 
 
 def to_yaml(cfg: Config | dict) -> str:

@@ -22,7 +22,16 @@ from typing import Any
 
 import yaml
 
-from launcher.config import OPERATIONAL_KEYS, Config, _is_under, config_hash, diff_configs, split_diff, to_yaml
+from launcher.config import (
+    OPERATIONAL_KEYS,
+    Config,
+    _is_under,
+    config_hash,
+    diff_configs,
+    split_diff,
+    to_plain,
+    to_yaml,
+)
 from launcher.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -153,7 +162,7 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
         old = yaml.safe_load(rd.config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         raise ConfigError(f"{rd.config} is unreadable; pass another run.name=... or remove {path}") from None
-    new = cfg.model_dump(mode="json")
+    new = to_plain(cfg)
     unsafe, safe = split_diff(diff_configs(old, new))
     if unsafe:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(unsafe.items())[:4])

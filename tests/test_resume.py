@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_sigkill_anywhere_resumes_bit_exact(tmp_path, tiny, extra):
     killed.mkdir()
     r = run_launch(args, ref)
     assert r.returncode == 0, r.stderr
-    n = kill_and_rerun(args, killed, kills=4, rng=random.Random(hash(tuple(extra)) & 0xFFFF))
+    n = kill_and_rerun(args, killed, kills=4, rng=random.Random(zlib.crc32(" ".join(extra).encode())))
     assert n >= 1, "no kill landed after a checkpoint: make the run longer"
     ref_dir, killed_dir = only_run_dir(ref), only_run_dir(killed)
     assert_same_weights(ref_dir / "model.safetensors", killed_dir / "model.safetensors")
@@ -169,3 +170,16 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, tiny):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "refused to load" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["data.num_workers=2"], ["train.grad_accum_steps=3"]], ids=["w0", "w2", "acc3"])
+def test_sigkill_sweep(tmp_path, tiny, extra):
+    """The long version (`pytest -m slow`): 25 kills at random moments in one run."""
+    args = [f"recipe={tiny}", *BASE, "checkpoint.every_steps=2", *extra]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref.mkdir()
+    killed.mkdir()
+    assert run_launch(args, ref).returncode == 0
+    kill_and_rerun(args, killed, kills=25, rng=random.Random(7))
+    assert_same_weights(only_run_dir(ref) / "model.safetensors", only_run_dir(killed) / "model.safetensors")

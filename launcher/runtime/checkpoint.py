@@ -22,11 +22,13 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from launcher.errors import LaunchError
@@ -129,16 +131,61 @@ def load_state_file(path: str) -> dict[str, torch.Tensor]:
     return strip_prefixes(state)
 
 
+def copy_to_cpu(obj: Any, reuse: Any = None) -> Any:
+    """A deep copy with every tensor copied to CPU memory (for writing off the training path).
+
+    ``reuse`` is an earlier copy of the same structure: tensors of equal shape and dtype are
+    copied into it instead of into fresh memory. Fresh memory costs page faults -- about as
+    much as the copy itself -- so steady-state saves reuse one staging buffer.
+    """
+    if isinstance(obj, torch.Tensor):
+        src = obj.detach()
+        if (
+            isinstance(reuse, torch.Tensor)
+            and reuse.shape == src.shape
+            and reuse.dtype == src.dtype
+            and reuse.is_contiguous()
+        ):
+            return reuse.copy_(src)
+        return src.to("cpu", copy=True)
+    if isinstance(obj, dict):
+        reuse = reuse if isinstance(reuse, dict) else {}
+        return {k: copy_to_cpu(v, reuse.get(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        reuse = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(obj) else [None] * len(obj)
+        return type(obj)(copy_to_cpu(v, r) for v, r in zip(obj, reuse, strict=True))
+    return obj
+
+
 class CheckpointManager:
     """Saves and finds checkpoints of one run directory. Only rank 0 writes shared files;
-    every rank writes its own RNG file."""
+    every rank writes its own RNG file.
 
-    def __init__(self, run_dir: RunDir, keep_last: int, keep_best: int, monitor: str, mode: str, rank: int = 0):
+    With ``async_write`` the state is copied to CPU memory on the training thread and written
+    by a background thread; at most one save is in flight (a new save first waits for the
+    previous one), and :meth:`wait` blocks until it is on disk (final save, stop requests).
+    An error of a background write is raised by the next ``save`` or ``wait``.
+    """
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        keep_last: int,
+        keep_best: int,
+        monitor: str,
+        mode: str,
+        rank: int = 0,
+        async_write: bool = False,
+    ):
         self.root = run_dir.checkpoints
         self.run_dir = run_dir
         self.keep_last, self.keep_best = keep_last, keep_best
         self.monitor, self.mode = monitor, mode
         self.rank = rank
+        self.async_write = async_write
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._staging: Any = None  # CPU copy of the last async save, reused by the next
 
     # ------------------------------------------------------------------ writing
     def save(
@@ -150,10 +197,41 @@ class CheckpointManager:
         meta: dict[str, Any],
         config_text: str,
     ) -> Path:
-        """Write ``step-N`` atomically; returns its path. Raises LaunchError if the disk refuses."""
+        """Write ``step-N`` atomically (in the background with ``async_write``); returns its path.
+
+        Raises LaunchError if the disk refuses."""
+        self.wait()
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
         if (final / COMPLETE_MARKER).is_file():
             return final  # already saved at this step (e.g. epoch end == every_steps)
+        if not self.async_write:
+            self._write(step, model_state, state, rng, meta, config_text)
+            return final
+        # safe to overwrite: wait() above guarantees the previous write has finished
+        payload = self._staging = copy_to_cpu((model_state, state, rng), self._staging)
+        self._thread = threading.Thread(
+            target=self._write_in_background, args=(step, *payload, meta, config_text), name=f"checkpoint-{step}"
+        )
+        self._thread.start()
+        return final
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is complete; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def _write_in_background(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def _write(self, step, model_state, state, rng, meta, config_text) -> None:
+        final = self.root / f"{CHECKPOINT_PREFIX}{step}"
         tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -175,15 +253,15 @@ class CheckpointManager:
             marker.write_text(f"{step}\n")
             _fsync_file(marker)
             _fsync_dir(final)
-        except OSError as e:
+        except (OSError, RuntimeError, SafetensorError) as e:  # ENOSPC, EFBIG, EACCES... in any writer
             shutil.rmtree(tmp, ignore_errors=True)
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
             raise LaunchError(
-                f"cannot write checkpoint step-{step} in {self.root}: {e.strerror or e}; "
+                f"cannot write checkpoint step-{step} in {self.root}: {reason}; "
                 "free disk space or fix permissions, then run the same command again to resume "
                 "(earlier checkpoints are intact)"
             ) from None
         self._retain(final)
-        return final
 
     def _retain(self, newest: Path) -> None:
         """Remove what retention does not keep -- only after ``newest`` is complete."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,29 +19,24 @@ def _clean(value: Any) -> Any:
 class JsonlLogger:
     """Appends one JSON object per event to ``metrics.jsonl``.
 
-    On resume the events after the checkpoint's step are dropped first, so the file reads as if
-    the run had never been interrupted.
+    On resume the file is cut back to its length when the checkpoint was taken (its byte
+    offset is part of the checkpoint), so it reads exactly as if the run had never been
+    interrupted -- also when several events share the checkpoint's step.
     """
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path, resume_offset: int | None) -> None:
         self.path = path
-        if resume_step is not None and path.exists():
-            self._truncate_after(resume_step)
-        elif resume_step is None and path.exists():
-            path.unlink()  # a fresh start in a directory whose earlier attempt left no checkpoint
+        if resume_offset is None:
+            if path.exists():
+                path.unlink()  # a fresh start in a directory whose earlier attempt left no checkpoint
+        elif path.exists() and path.stat().st_size > resume_offset:
+            os.truncate(path, resume_offset)
         self._f = open(path, "a", buffering=1)
 
-    def _truncate_after(self, step: int) -> None:
-        from launcher.rundir import write_atomic
-
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:
-                continue  # a line cut by a crash
-        write_atomic(self.path, "".join(k + "\n" for k in kept))
+    def offset(self) -> int:
+        """Bytes written so far (stored in checkpoints)."""
+        self._f.flush()
+        return self._f.tell()
 
     def log(self, event: dict[str, Any]) -> None:
         self._f.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")

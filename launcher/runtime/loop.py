@@ -37,6 +37,7 @@ class Trackers:
     last_eval_step: int = -1
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+    metrics_offset: int | None = None  # length of metrics.jsonl when the checkpoint was taken
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -91,6 +92,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         sched = self.p.scheduler
+        if self.p.jsonl is not None:
+            self.trackers.metrics_offset = self.p.jsonl.offset()
         return {
             ckpt.K_OPTIMIZER: self.p.optimizer.state_dict(),
             ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
@@ -193,6 +196,9 @@ class Trainer:
         model = p.strategy.unwrap(p.model)
         was_training = model.training
         model.eval()
+        # Evaluation must not move training's random streams (a dataset or model that draws
+        # random numbers in eval would otherwise make results depend on the eval cadence).
+        saved_rng = rng.capture()
         sums: dict[str, Any] = {}
         with torch.no_grad():
             for batch in p.val_loader:
@@ -202,6 +208,7 @@ class Trainer:
                 for k, v in s.items():
                     sums[k] = sums[k] + v if k in sums else v
         model.train(was_training)
+        rng.restore(saved_rng)
         totals = p.strategy.reduce_sums({k: _scalar(v) for k, v in sums.items()})
         metrics = {f"val/{k}": v for k, v in p.recipe.metrics(totals).items()}
         t.last_val, t.last_eval_step = metrics, self.progress.global_step
@@ -310,11 +317,13 @@ class Trainer:
             self._log_train()
         self.evaluate()
         self.save()
+        self.p.checkpoints.wait()
         return "completed", EXIT_COMPLETED
 
     def _stop(self) -> tuple[str, int]:
         status = self.p.stop.status or "stopped"
         self.save()
+        self.p.checkpoints.wait()
         self.p.info(f"{status}: saved a checkpoint at step {self.progress.global_step}; run the same command to resume")
         return status, EXIT_FOR.get(status, 130)
 

@@ -109,6 +109,10 @@ def main(run_dir: str) -> int:
     finally:
         parts.console.close()
         stop.uninstall()
+    try:
+        parts.checkpoints.wait()  # a background save still in flight after an error
+    except LaunchError as e:
+        _say(f"error: {e}")
     if env.is_main:
         summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
         write_summary(rd, summary)
@@ -245,13 +249,9 @@ def build(cfg, recipe_cls, rd: RunDir, env, stop, info):
         )
 
     optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
+    c = cfg.checkpoint
     manager = ckpt.CheckpointManager(
-        rd,
-        cfg.checkpoint.keep_last,
-        cfg.checkpoint.keep_best,
-        cfg.checkpoint.monitor,
-        cfg.checkpoint.mode,
-        rank=env.rank,
+        rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
     )
     parts = Parts(
         cfg=cfg,
@@ -285,7 +285,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, stop, info):
         info(f"resumed from {loaded['path']} (step {trainer.progress.global_step}, epoch {trainer.progress.epoch})")
     if env.is_main:
         manager.clean_partial()
-        parts.jsonl = JsonlLogger(rd.metrics, trainer.progress.global_step if loaded is not None else None)
+        keep = (trainer.trackers.metrics_offset or 0) if loaded is not None else None
+        parts.jsonl = JsonlLogger(rd.metrics, keep)
     global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * env.world_size
     if loaded is None:
         info(

@@ -1,0 +1,189 @@
+"""Unit tests of the worker-side pieces, in process (no training run)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from launcher.config import TrainSection
+from launcher.errors import ConfigError, LaunchError
+from launcher.runtime.checkpoint import load_state_file, strip_prefixes
+from launcher.runtime.data import EpochBatchSampler, SeededBatches, mix_seed
+from launcher.runtime.env import DistEnv
+from launcher.runtime.optim import build_optimizer, build_scheduler, param_groups
+from launcher.runtime.precision import Precision
+from launcher.runtime.rng import Seeded, capture, restore
+from recipes.base import Recipe
+
+
+def flat(sampler) -> list[int]:
+    return [i for b in sampler for i in b]
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    a = EpochBatchSampler(50, 8, shuffle=True, seed=1)
+    b = EpochBatchSampler(50, 8, shuffle=True, seed=1)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert flat(a) == flat(b)
+    b.set_epoch(4)
+    assert flat(a) != flat(b)
+    c = EpochBatchSampler(50, 8, shuffle=True, seed=2)
+    c.set_epoch(3)
+    assert flat(a) != flat(c)
+
+
+def test_start_batch_skips_exactly_the_consumed_batches():
+    s = EpochBatchSampler(50, 8, shuffle=True, seed=0, drop_last=True)
+    s.set_epoch(2)
+    full = list(s)
+    assert len(full) == 6 == s.batches_per_epoch()
+    s.set_epoch(2, start_batch=4)
+    rest = list(s)
+    assert rest == full[4:] and len(s) == 2
+    assert [b.seed for b in rest] == [b.seed for b in full[4:]]
+
+
+def test_ranks_partition_the_padded_epoch():
+    shards = []
+    for rank in range(3):
+        s = EpochBatchSampler(10, 2, shuffle=True, seed=0, rank=rank, world_size=3)
+        s.set_epoch(0)
+        shards.append(flat(s))
+    assert all(len(x) == 4 for x in shards)  # ceil(10 / 3), padded
+    assert set().union(*map(set, shards)) == set(range(10))
+
+
+def test_evaluation_sharding_counts_every_sample_once():
+    seen = []
+    for rank in range(3):
+        s = EpochBatchSampler(10, 4, shuffle=False, seed=0, rank=rank, world_size=3, pad=False)
+        seen += flat(s)
+    assert sorted(seen) == list(range(10))
+
+
+def test_tiny_dataset_still_yields_a_batch():
+    s = EpochBatchSampler(3, 8, shuffle=True, seed=0, drop_last=True)
+    assert len(list(s)) == 1
+
+
+def test_seeded_batches_repeat_random_transforms_and_keep_the_global_stream():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.rand(1).item() + random.random()
+
+    ds = SeededBatches(Noisy())
+    s = EpochBatchSampler(10, 5, shuffle=True, seed=0)
+    batch = next(iter(s))
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    first = ds.__getitems__(batch)
+    after = torch.rand(1)
+    assert after.equal(expected_next)  # the global torch stream is untouched
+    assert ds.__getitems__(batch) == first  # same batch seed, same "augmentation"
+
+
+def test_seeded_context_restores_torch_state():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    with Seeded(123):
+        torch.rand(10)
+    assert torch.get_rng_state().equal(state)
+
+
+def test_rng_capture_restore_round_trip():
+    import numpy as np
+
+    state = capture()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_mix_seed_is_stable_and_spreads():
+    assert mix_seed(1, 2) == mix_seed(1, 2)
+    assert len({mix_seed(0, e) for e in range(100)}) == 100
+    assert mix_seed(0, 1) != mix_seed(1, 0)
+
+
+def test_dist_env_from_mapping():
+    env = DistEnv.from_environ(
+        {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "n1"}
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.master_addr) == (3, 4, 1, 2, "n1")
+    assert env.distributed and not env.is_main
+    assert DistEnv.from_environ({}) == DistEnv()
+
+
+def _net():
+    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+
+
+def test_no_weight_decay_on_biases_and_norm_layers_and_backbone_lr():
+    t = TrainSection(lr=0.1, weight_decay=0.01, backbone_lr_mult=0.5)
+    groups = param_groups(_net(), t, head=["2."])
+    by = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
+    assert by == {(0.1, 0.01): 8, (0.1, 0.0): 2, (0.05, 0.01): 16, (0.05, 0.0): 12}
+    assert groups[0]["lr"] == 0.1  # head first: param_groups[0] carries the base lr
+
+
+def test_groups_merge_when_settings_are_equal():
+    assert len(param_groups(_net(), TrainSection(weight_decay=0.0), head=[])) == 1
+
+
+def test_backbone_lr_mult_needs_a_head():
+    with pytest.raises(ConfigError):
+        param_groups(_net(), TrainSection(backbone_lr_mult=0.1), head=[])
+
+
+@pytest.mark.parametrize(
+    "name", ["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau", "warmup_cosine"]
+)
+def test_every_scheduler_builds_steps_and_round_trips(name):
+    extra = {"milestones": [2, 4]} if name == "multistep" else {}
+    t = TrainSection(scheduler=name, warmup_steps=2, step_size=2, **extra)
+    model = _net()
+    opt = build_optimizer(model, t, head=[])
+    sched = build_scheduler(opt, t, total_steps=8)
+    if name == "none":
+        assert sched is None
+        return
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step(1.0) if name == "plateau" else sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    if name != "plateau":
+        assert len(set(lrs)) > 1, lrs  # the schedule moves the lr
+    state = sched.state_dict()
+    again = build_scheduler(build_optimizer(model, t, head=[]), t, total_steps=8)
+    again.load_state_dict(state)
+    assert again.state_dict().keys() == state.keys()
+
+
+def test_precision_refuses_fp16_on_cpu_and_runs_bf16_autocast():
+    with pytest.raises(LaunchError, match="fp16-mixed needs a CUDA GPU"):
+        Precision("fp16-mixed", torch.device("cpu"))
+    p = Precision("bf16-mixed", torch.device("cpu"))
+    with p.autocast():
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == torch.bfloat16
+    assert p.state_dict() == {}
+
+
+def test_strip_prefixes_and_weights_file_formats(tmp_path):
+    sd = {"module._orig_mod.fc.weight": torch.ones(1), "layer.bias": torch.zeros(1)}
+    assert set(strip_prefixes(sd)) == {"fc.weight", "layer.bias"}
+    torch.save({"model": sd}, tmp_path / "a.pt")
+    assert set(load_state_file(str(tmp_path / "a.pt"))) == {"fc.weight", "layer.bias"}
+
+
+def test_default_metrics_divide_sums_by_count():
+    m = Recipe(None).metrics({"loss": 6.0, "correct": 3.0, "count": 4.0})
+    assert m == {"loss": 1.5, "acc": 0.75}
