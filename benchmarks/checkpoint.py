@@ -72,7 +72,7 @@ def main() -> None:
                 manager = managers[name]
                 t0 = time.perf_counter()
                 manager.save(
-                    step, model.state_dict(), {"optimizer": opt.state_dict()}, rng.capture(), {"step": step}, "x: 1\n"
+                    step, model.state_dict(), {"optimizer": opt.state_dict()}, [rng.capture()], {"step": step}, "x: 1\n"
                 )
                 stalls[name].append(time.perf_counter() - t0)
                 manager.wait()  # (training would go on here; we wait only to time the write)

@@ -143,7 +143,9 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     if show_config:
         click.echo(cfgmod.to_yaml(cfg), nl=False)
         return EXIT_COMPLETED
-    plan = make_plan(cfg)
+    from launcher.hardware import visible_gpus
+
+    plan = make_plan(cfg, gpus=visible_gpus() if cfg.dist.device == "cuda" else None)
     if cfg.run.name is None:
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
@@ -172,7 +174,7 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     write_config(prepared, cfg)
     from launcher import spawn
 
-    return spawn.run(command)
+    return spawn.run(command, run_path)
 
 
 def main(argv: list[str] | None = None) -> None:

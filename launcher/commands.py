@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -32,8 +33,25 @@ def worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def build_command(plan: Plan, cfg: Config, run_dir: Path, python: str = sys.executable) -> Command:
+def build_command(
+    plan: Plan,
+    cfg: Config,
+    run_dir: Path,
+    python: str = sys.executable,
+    cpu_count: int | None = None,
+    environ: dict[str, str] | None = None,
+) -> Command:
+    """The exact argv and added environment for ``plan`` (pure: no side effects)."""
+    environ = os.environ if environ is None else environ
     env = worker_env(cfg)
+    worker = ["-m", WORKER_MODULE, str(run_dir)]
     if plan.launcher == "in-process":
-        return Command([python, "-m", WORKER_MODULE, str(run_dir)], env, in_process=True)
+        return Command([python, *worker], env, in_process=True)
+    if plan.launcher == "torchrun":
+        if "OMP_NUM_THREADS" not in environ:
+            # torchrun would set 1 (with a warning); share the cores between the processes instead
+            cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+            env["OMP_NUM_THREADS"] = str(max(1, cores // plan.procs_per_node))
+        argv = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.procs_per_node}"]
+        return Command([*argv, *worker], env)
     raise ValueError(f"no command builder for launcher {plan.launcher!r}")

@@ -21,28 +21,48 @@ class Plan:
         return self.procs_per_node * self.nodes
 
 
-def make_plan(cfg: Config) -> Plan:
+STRATEGY_LAUNCHER = {"single": "in-process", "dp": "in-process", "ddp": "torchrun"}
+
+
+def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
+    """Decide how to run ``cfg``. ``gpus`` is the number of visible GPUs (None: unknown)."""
     d = cfg.dist
     world = d.procs * d.nodes
     strategy = d.strategy
     if strategy == "auto":
         strategy = "single" if world == 1 else "ddp"
-    if strategy == "single" and world > 1:
+    if strategy in ("single", "dp") and world > 1:
         raise ConfigError(
-            f"dist.strategy=single runs one process but dist.procs x dist.nodes = {world}; "
+            f"dist.strategy={strategy} runs one process but dist.procs x dist.nodes = {world}; "
             "use --strategy ddp (or drop --procs/--nodes)"
+        )
+    if strategy == "dp" and d.device != "cuda":
+        raise ConfigError(
+            "dist.strategy=dp (DataParallel) needs CUDA GPUs: on the CPU it would do nothing; "
+            "use --procs N for several CPU processes (ddp), or --device cuda"
         )
     if cfg.train.precision == "fp16-mixed" and d.device in ("cpu", "mps"):
         raise ConfigError(
             f"train.precision=fp16-mixed needs a CUDA GPU (device is {d.device}); "
             "use --precision bf16-mixed or fp32 on this device"
         )
+    if d.device == "mps" and world > 1:
+        raise ConfigError("MPS runs one process; drop --procs (or use --device cpu for several CPU processes)")
+    needed = 1 if strategy == "dp" else d.procs  # DataParallel: one process over every visible GPU
+    if d.device == "cuda" and gpus is not None and needed > gpus:
+        if gpus == 0:
+            raise ConfigError(
+                f"asked for {needed} GPU process(es) but no CUDA GPU is visible here; use --procs {needed} --device cpu"
+            )
+        raise ConfigError(f"asked for {needed} GPUs but this node has {gpus} visible; use --gpus {gpus}")
     if cfg.slurm.enabled:
         raise ConfigError("--slurm is not available yet in this version; run without --slurm")
     if d.nodes > 1:
         raise ConfigError(f"--nodes {d.nodes} needs a cluster: add --slurm (or use --procs N on one node)")
-    if strategy != "single":
+    if strategy not in STRATEGY_LAUNCHER:
         raise ConfigError(
-            f"strategy {strategy} is not available yet in this version; run one process (--procs 1, the default)"
+            f"dist.strategy={strategy} is not available yet in this version; use ddp (--procs N) or single"
         )
-    return Plan(strategy=strategy, device=d.device, procs_per_node=d.procs, nodes=d.nodes, launcher="in-process")
+    return Plan(
+        strategy=strategy, device=d.device, procs_per_node=d.procs, nodes=d.nodes, launcher=STRATEGY_LAUNCHER[strategy]
+    )

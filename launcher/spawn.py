@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 from launcher.commands import Command
+from launcher.errors import EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
+
+EXIT_FOR_STATUS = {"completed": EXIT_COMPLETED, "stopped": EXIT_STOPPED, "preempted": EXIT_PREEMPTED, "failed": EXIT_FAILED}
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 
 
-def run(command: Command) -> int:
-    """Run ``command`` and return its exit status.
+def run(command: Command, run_dir: Path) -> int:
+    """Run ``command`` and return the documented exit status of the run.
 
-    A single process runs the worker in this interpreter (no second start-up, signals reach the
-    training loop directly); multi-process launchers replace this process (exec), so signals
-    from the terminal or the scheduler go straight to them.
+    A single process runs the worker in this interpreter (no second start-up; signals reach
+    the training loop directly). Launchers of several processes (torchrun, ...) run as a child:
+    signals sent to ``launch`` are forwarded to it, and the exit status comes from the run's
+    ``summary.json`` (the launcher's own code cannot tell "stopped" from "failed").
     """
     os.environ.update(command.env)
     if command.in_process:
         from launcher.runtime.worker import main as worker_main  # imports torch: only here
 
         return worker_main(command.argv[-1])
-    os.execvpe(command.argv[0], command.argv, os.environ)
-    raise AssertionError("unreachable")
+    started = time.time()
+    child = subprocess.Popen(command.argv)
+
+    def forward(signum, frame):
+        # A Ctrl-C reaches the whole process group anyway; forwarding it again is harmless
+        # (the workers treat repeated stop requests as one) and covers `kill -INT <launch pid>`.
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status_code(run_dir, started, code)
+
+
+def status_code(run_dir: Path, started: float, fallback: int) -> int:
+    """Exit status from ``summary.json`` if this attempt wrote it, else the launcher's own."""
+    path = run_dir / "summary.json"
+    try:
+        if path.stat().st_mtime >= started:
+            return EXIT_FOR_STATUS.get(json.loads(path.read_text()).get("status"), fallback or EXIT_FAILED)
+    except (OSError, ValueError):
+        pass
+    return fallback

@@ -77,9 +77,9 @@ def test_async_checkpoints_resume_to_the_same_weights(tmp_path, tiny):
 def test_async_save_waits_for_one_in_flight_and_copies_off_the_training_path(tmp_path):
     manager = CheckpointManager(RunDir(tmp_path), keep_last=5, keep_best=0, monitor="m", mode="min", async_write=True)
     weights = {"w": torch.zeros(1000)}
-    manager.save(1, weights, {"optimizer": {}}, rng.capture(), {"step": 1}, "x: 1\n")
+    manager.save(1, weights, {"optimizer": {}}, [rng.capture()], {"step": 1}, "x: 1\n")
     weights["w"].add_(1)  # training goes on and changes the tensors in place
-    manager.save(2, weights, {"optimizer": {}}, rng.capture(), {"step": 2}, "x: 1\n")
+    manager.save(2, weights, {"optimizer": {}}, [rng.capture()], {"step": 2}, "x: 1\n")
     manager.wait()
     first = CheckpointManager.load(tmp_path / "checkpoints" / "step-1")
     second = CheckpointManager.load(tmp_path / "checkpoints" / "step-2")
@@ -89,8 +89,8 @@ def test_async_save_waits_for_one_in_flight_and_copies_off_the_training_path(tmp
 
 def test_incomplete_checkpoint_is_never_loaded(tmp_path):
     manager = CheckpointManager(RunDir(tmp_path), keep_last=5, keep_best=0, monitor="m", mode="min")
-    manager.save(1, {"w": torch.ones(3)}, {}, rng.capture(), {"step": 1}, "x: 1\n")
-    manager.save(2, {"w": torch.ones(3) * 2}, {}, rng.capture(), {"step": 2}, "x: 1\n")
+    manager.save(1, {"w": torch.ones(3)}, {}, [rng.capture()], {"step": 1}, "x: 1\n")
+    manager.save(2, {"w": torch.ones(3) * 2}, {}, [rng.capture()], {"step": 2}, "x: 1\n")
     (tmp_path / "checkpoints" / "step-2" / "COMPLETE").unlink()  # crash between rename and marker
     (tmp_path / "checkpoints" / ".tmp-step-3-abc").mkdir()  # crash before the rename
     loaded = manager.load_latest()

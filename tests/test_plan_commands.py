@@ -42,8 +42,10 @@ def test_world_size_is_procs_times_nodes():
     ("pairs", "needle"),
     [
         ([("dist.strategy", "single"), ("dist.procs", "2")], "dist.strategy=single runs one process"),
-        ([("dist.procs", "2")], "strategy ddp is not available"),
-        ([("dist.strategy", "deepspeed")], "strategy deepspeed is not available"),
+        ([("dist.strategy", "deepspeed")], "dist.strategy=deepspeed is not available"),
+        ([("dist.strategy", "dp")], "DataParallel) needs CUDA GPUs"),
+        ([("dist.strategy", "dp"), ("dist.device", "cpu")], "on the CPU it would do nothing"),
+        ([("dist.device", "mps"), ("dist.procs", "2")], "MPS runs one process"),
         ([("train.precision", "fp16-mixed"), ("dist.device", "cpu")], "fp16-mixed needs a CUDA GPU"),
         ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed needs a CUDA GPU"),
         ([("dist.nodes", "2")], "--nodes 2 needs a cluster"),
@@ -80,8 +82,43 @@ def test_build_command_uses_the_given_python():
 
 def test_build_command_refuses_unknown_launchers():
     cfg = cfg_with()
-    with pytest.raises(ValueError, match="torchrun"):
-        build_command(Plan("ddp", "cuda", 2, 1, "torchrun"), cfg, Path("r"))
+    with pytest.raises(ValueError, match="nope"):
+        build_command(Plan("ddp", "cuda", 2, 1, "nope"), cfg, Path("r"))
+
+
+def test_procs_plan_ddp_through_torchrun_with_threads_shared():
+    cfg = cfg_with(("dist.procs", "2"), ("dist.device", "cpu"))
+    plan = make_plan(cfg)
+    assert (plan.strategy, plan.launcher, plan.world_size) == ("ddp", "torchrun", 2)
+    cmd = build_command(plan, cfg, Path("runs/x"), python="/py", cpu_count=8, environ={})
+    assert cmd.argv == [
+        "/py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "launcher.runtime.worker",
+        "runs/x",
+    ]
+    assert cmd.env == {"OMP_NUM_THREADS": "4"} and not cmd.in_process
+    # a user's own OMP_NUM_THREADS is left alone
+    assert build_command(plan, cfg, Path("r"), environ={"OMP_NUM_THREADS": "3"}).env == {}
+
+
+@pytest.mark.parametrize(("gpus", "needle"), [(0, "no CUDA GPU is visible"), (1, "use --gpus 1")])
+def test_more_gpus_than_the_node_has_is_refused(gpus, needle):
+    with pytest.raises(ConfigError, match=needle):
+        make_plan(cfg_with(("dist.procs", "2"), ("dist.device", "cuda")), gpus=gpus)
+    assert make_plan(cfg_with(("dist.procs", "2"), ("dist.device", "cuda")), gpus=2).launcher == "torchrun"
+
+
+def test_visible_gpus_reads_cuda_visible_devices():
+    from launcher.hardware import visible_gpus
+
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1,3"}) == 3
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == 0
 
 
 def test_deterministic_sets_cublas_workspace():

@@ -193,11 +193,13 @@ class CheckpointManager:
         step: int,
         model_state: dict[str, torch.Tensor],
         state: dict[str, Any],
-        rng: dict[str, Any],
+        rngs: list[dict[str, Any]],
         meta: dict[str, Any],
         config_text: str,
     ) -> Path:
         """Write ``step-N`` atomically (in the background with ``async_write``); returns its path.
+
+        ``rngs`` holds every rank's RNG states (gathered on rank 0), written as ``rng-rank<R>.pt``.
 
         Raises LaunchError if the disk refuses."""
         self.wait()
@@ -205,10 +207,10 @@ class CheckpointManager:
         if (final / COMPLETE_MARKER).is_file():
             return final  # already saved at this step (e.g. epoch end == every_steps)
         if not self.async_write:
-            self._write(step, model_state, state, rng, meta, config_text)
+            self._write(step, model_state, state, rngs, meta, config_text)
             return final
         # safe to overwrite: wait() above guarantees the previous write has finished
-        payload = self._staging = copy_to_cpu((model_state, state, rng), self._staging)
+        payload = self._staging = copy_to_cpu((model_state, state, rngs), self._staging)
         self._thread = threading.Thread(
             target=self._write_in_background, args=(step, *payload, meta, config_text), name=f"checkpoint-{step}"
         )
@@ -230,7 +232,7 @@ class CheckpointManager:
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 
-    def _write(self, step, model_state, state, rng, meta, config_text) -> None:
+    def _write(self, step, model_state, state, rngs, meta, config_text) -> None:
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
         tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
         try:
@@ -239,7 +241,8 @@ class CheckpointManager:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(model_state).items()}
             save_file(tensors, str(tmp / MODEL_FILE))
             torch.save({K_FORMAT: FORMAT_VERSION, **state}, tmp / STATE_FILE)
-            torch.save(rng, tmp / rng_file(self.rank))
+            for rank, rng in enumerate(rngs):
+                torch.save(rng, tmp / rng_file(rank))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=float))
             (tmp / CONFIG_FILE).write_text(config_text)
             for f in tmp.iterdir():

@@ -25,6 +25,7 @@ class Progress:
     batch_in_epoch: int = 0  # micro-batches of the current epoch consumed by this rank
     samples_seen: int = 0  # global (all ranks)
     wall_time: float = 0.0  # seconds spent training before this attempt
+    world_size: int = 1  # processes when the checkpoint was taken
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Trainer:
             ckpt.K_OPTIMIZER: self.p.optimizer.state_dict(),
             ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
             ckpt.K_SCALER: self.p.precision.state_dict(),
-            ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time()},
+            ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time(), "world_size": self.p.world_size},
             ckpt.K_TRACKERS: {
                 **asdict(self.trackers),
                 # kept as they are (dtype included), so the logged values after a resume are exact
@@ -126,6 +127,14 @@ class Trainer:
             self.p.scheduler.load_state_dict(state[ckpt.K_SCHEDULER])
         self.p.precision.load_state_dict(state[ckpt.K_SCALER])
         self.progress = Progress(**state[ckpt.K_PROGRESS])
+        old_world = self.progress.world_size
+        if old_world != self.p.world_size:
+            # Another process count: keep the share of the epoch already seen. Each rank had
+            # consumed batch_in_epoch batches of its shard; continue at the same fraction of the
+            # (reshuffled-into-new-shards) epoch. Exact only with the same process count.
+            consumed = self.progress.batch_in_epoch * old_world
+            self.progress.batch_in_epoch = consumed // self.p.world_size
+            self.progress.world_size = self.p.world_size
         tr = dict(state[ckpt.K_TRACKERS])
         window = tr.pop("window", {})
         self.window_samples = tr.pop("window_samples", 0)
@@ -140,21 +149,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        """Every rank calls this at the same step: RNG states are gathered on rank 0, which writes."""
         p = self.p
-        # all ranks reach here at the same step; rank 0 writes shared files, every rank its RNG
+        rngs = p.strategy.gather(rng.capture())
         if not p.strategy.is_main:
             return
         meta = {
             "step": self.progress.global_step,
             "epoch": self.progress.epoch,
             "batch_in_epoch": self.progress.batch_in_epoch,
+            "world_size": p.world_size,
             "metrics": {**self.trackers.last_train, **self.trackers.last_val},
         }
         p.checkpoints.save(
             self.progress.global_step,
             p.strategy.unwrap(p.model).state_dict(),
             self.state(),
-            rng.capture(),
+            rngs,
             meta,
             to_yaml(self.cfg),
         )

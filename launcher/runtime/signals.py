@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 from launcher.errors import EXIT_PREEMPTED, EXIT_STOPPED
 
@@ -16,6 +17,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.status: str | None = None
+        self._first_at = 0.0
         self._previous: dict = {}
 
     @property
@@ -23,10 +25,14 @@ class StopFlag:
         return self.status is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.status is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: abort without waiting for the step
+        now = time.monotonic()
+        # A second Ctrl-C aborts at once. One keypress can arrive twice (from the terminal and
+        # forwarded by `launch`/torchrun), so only a SIGINT a moment after the first counts.
+        if self.status is not None and signum == signal.SIGINT and now - self._first_at > 0.1:
+            raise KeyboardInterrupt
         if self.status is None:
             self.status = STATUS_FOR[signum]
+            self._first_at = now
 
     def install(self) -> StopFlag:
         if threading.current_thread() is not threading.main_thread():

@@ -60,8 +60,95 @@ class Single:
         """True on every rank if ``flag`` is true on any rank (stop requests, early stopping)."""
         return flag
 
+    def gather(self, obj):
+        """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
+        return [obj]
+
     def barrier(self) -> None:
         pass
 
     def teardown(self) -> None:
         pass
+
+
+class DataParallel(Single):
+    """``nn.DataParallel`` in one process over every visible GPU. It splits each batch across
+    the GPUs (``train.batch_size`` is the whole batch), unlike DDP whose batch is per process."""
+
+    name = "dp"
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return torch.nn.DataParallel(model)
+
+
+class DDP(Single):
+    """DistributedDataParallel, one process per device (gloo on CPU, NCCL on CUDA)."""
+
+    name = "ddp"
+
+    def __init__(self, env: DistEnv, device: torch.device, timeout_s: float = 300.0) -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        super().__init__(env, device)
+        self.dist = dist
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+        self._reduce_device = device if backend == "nccl" else torch.device("cpu")
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def no_sync(self, model: torch.nn.Module):
+        return model.no_sync()
+
+    def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        if not sums:
+            return sums
+        keys = sorted(sums)
+        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=self._reduce_device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
+        return dict(zip(keys, t.tolist(), strict=True))
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._reduce_device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj):
+        """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
+        out = [None] * self.env.world_size if self.is_main else None
+        self.dist.gather_object(obj, out, dst=0)
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def teardown(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def make_strategy(name: str, env: DistEnv, device: torch.device) -> Single:
+    if name == "ddp" or (name == "auto" and env.world_size > 1):
+        if device.type == "cuda" and env.local_world_size > torch.cuda.device_count():
+            raise LaunchError(
+                f"{env.local_world_size} processes on this node but only {torch.cuda.device_count()} GPU(s); "
+                f"use --gpus {torch.cuda.device_count()}"
+            )
+        return DDP(env, device)
+    if name == "dp":
+        return DataParallel(env, device)
+    return Single(env, device)

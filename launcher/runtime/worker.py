@@ -6,6 +6,7 @@ calls :func:`main` inside ``launch`` itself.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -72,6 +73,8 @@ def main(run_dir: str) -> int:
     except LaunchError as e:
         _say(f"error: {e}")
         return EXIT_BAD_INPUT
+    if not env.is_main:
+        _redirect_output(rd, env.rank)
     quiet = cfg.log.quiet or not env.is_main
 
     def info(msg: str) -> None:
@@ -79,18 +82,26 @@ def main(run_dir: str) -> int:
             _say(f"launch: {msg}")
 
     from launcher.runtime.signals import StopFlag
+    from launcher.runtime.strategy import make_strategy, resolve_device
 
     stop = StopFlag().install()
+    strategy = None
     try:
-        parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, stop, info)
+        device = resolve_device(cfg.dist.device, env)
+        strategy = make_strategy(cfg.dist.strategy, env, device)
+        parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
     except LaunchError as e:
         stop.uninstall()
         _say(f"error: {e}")
         if env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
+        if strategy is not None:
+            strategy.teardown()
         return EXIT_BAD_INPUT
     except BaseException:
         stop.uninstall()
+        if strategy is not None:
+            strategy.teardown()
         raise
     status, code, reason = "failed", EXIT_FAILED, None
     try:
@@ -121,8 +132,24 @@ def main(run_dir: str) -> int:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
             info(f"completed {summary['global_step']} steps in {summary['wall_time_sec']:.1f}s: {shown}")
             info(f"run directory: {rd.path}")
-    parts.strategy.teardown()
+    # Drop the model and optimizer before the process group: otherwise 2-process gloo runs
+    # sometimes abort at interpreter exit ("terminate called without an active exception").
+    del parts, trainer
+    gc.collect()
+    strategy.teardown()
     return code
+
+
+def _redirect_output(rd: RunDir, rank: int) -> None:
+    """Ranks other than 0 write to ``logs/rank-<R>.log`` instead of the terminal."""
+    log_dir = rd.path / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_dir / f"rank-{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dict:
@@ -183,7 +210,7 @@ def _load_init_weights(model, path: str) -> None:
         raise LaunchError(f"model.init_from={path} does not fit this model ({str(e).splitlines()[0]})") from None
 
 
-def build(cfg, recipe_cls, rd: RunDir, env, stop, info):
+def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     """Construct every part of the run and restore the newest checkpoint, if any."""
     import torch
 
@@ -194,22 +221,21 @@ def build(cfg, recipe_cls, rd: RunDir, env, stop, info):
     from launcher.runtime.loop import Parts, Trainer
     from launcher.runtime.optim import build_optimizer, build_scheduler
     from launcher.runtime.precision import Precision
-    from launcher.runtime.strategy import Single, resolve_device
-
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    device = resolve_device(cfg.dist.device, env)
-    strategy = Single(env, device)
+    device = strategy.device
     precision = Precision(cfg.train.precision, device)
 
-    rng.seed_everything(cfg.run.seed)
+    rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
     model = recipe.build_model()
     if getattr(cfg.model, "init_from", None):
         _load_init_weights(model, cfg.model.init_from)
     model = precision.convert_model(model).to(device)
     model = strategy.wrap(model)
+    if env.world_size > 1:
+        rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
     train_ds, val_ds = recipe.build_datasets()
     d = cfg.data
@@ -339,4 +365,7 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         _say("usage: python -m launcher.runtime.worker RUN_DIR")
         sys.exit(EXIT_BAD_INPUT)
-    sys.exit(main(sys.argv[1]))
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    # record: under torchrun, a crash's traceback reaches the launcher's failure report
+    sys.exit(record(main)(sys.argv[1]))

@@ -1,0 +1,154 @@
+"""Real 2-process DDP runs on the CPU (torchrun + gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import launch_env, read_jsonl, run_launch
+from tests.test_resume import assert_same_weights, has_checkpoint
+
+# no dropout and no noise: the per-rank random streams then cannot matter
+EXACT = ["model.dropout=0", "data.noise=0", "log.quiet=true", "train.log_every=1", "data.size=160"]
+
+
+def run_dir(cwd: Path, name: str) -> Path:
+    return cwd / "runs" / "tiny" / name
+
+
+def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, tiny):
+    one = run_launch([f"recipe={tiny}", *EXACT, "run.name=one", "train.batch_size=16"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = run_launch(
+        [f"recipe={tiny}", *EXACT, "run.name=two", "train.batch_size=8", "--procs", "2", "--device", "cpu"], tmp_path
+    )
+    assert two.returncode == 0, two.stderr
+    a = [e for e in read_jsonl(run_dir(tmp_path, "one") / "metrics.jsonl") if "train/loss" in e]
+    b = [e for e in read_jsonl(run_dir(tmp_path, "two") / "metrics.jsonl") if "train/loss" in e]
+    assert [e["step"] for e in a] == [e["step"] for e in b] and len(a) == 2 * 7
+    for ea, eb in zip(a, b, strict=True):
+        assert abs(ea["train/loss"] - eb["train/loss"]) < 1e-5, (ea, eb)
+        assert ea["train/acc"] == eb["train/acc"]  # sums reduced exactly: the same counts
+    va = [e for e in read_jsonl(run_dir(tmp_path, "one") / "metrics.jsonl") if "val/loss" in e]
+    vb = [e for e in read_jsonl(run_dir(tmp_path, "two") / "metrics.jsonl") if "val/loss" in e]
+    assert [e["val/acc"] for e in va] == [e["val/acc"] for e in vb]
+    wa = load_file(str(run_dir(tmp_path, "one") / "model.safetensors"))
+    wb = load_file(str(run_dir(tmp_path, "two") / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    s = json.loads((run_dir(tmp_path, "two") / "summary.json").read_text())
+    assert s["global_batch_size"] == 16
+    # rank 1 wrote its own log file, rank 0 the run's files
+    assert (run_dir(tmp_path, "two") / "logs" / "rank-1.log").is_file()
+    ckpt = sorted((run_dir(tmp_path, "two") / "checkpoints").glob("step-*"))[-1]
+    assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+
+
+def start_group(args: list[str], cwd: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env=launch_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    proc.started = time.time()
+    return proc
+
+
+def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
+    args = [
+        f"recipe={tiny}",
+        "log.quiet=true",
+        "run.name=r",
+        "--procs",
+        "2",
+        "--device",
+        "cpu",
+        "train.epochs=4",
+        "data.size=200",
+        "data.step_delay=0.02",
+        "checkpoint.every_steps=3",
+    ]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref.mkdir()
+    killed.mkdir()
+    r = run_launch(args, ref)
+    assert r.returncode == 0, r.stderr
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(3):
+        proc = start_group(args, killed)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            m = run_dir(killed, "r") / "metrics.jsonl"
+            if m.exists() and m.stat().st_size > 0 and m.stat().st_mtime > proc.started:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            kills += has_checkpoint(killed)
+            os.killpg(proc.pid, signal.SIGKILL)  # launch, torchrun and both workers
+        proc.communicate(timeout=60)
+    assert kills >= 1
+    r = run_launch(args, killed)
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(run_dir(ref, "r") / "model.safetensors", run_dir(killed, "r") / "model.safetensors")
+
+
+def test_one_rank_failing_stops_the_job_and_names_the_rank(tmp_path, tiny):
+    t0 = time.time()
+    r = run_launch(
+        [f"recipe={tiny}", "log.quiet=true", "run.name=f", "--procs", "2", "--device", "cpu", "data.fail_at_item=30"],
+        tmp_path,
+        timeout=120,
+    )
+    assert time.time() - t0 < 90
+    assert r.returncode == 1
+    assert (
+        "broken sample 30" in r.stderr
+        or "broken sample 30" in (run_dir(tmp_path, "f") / "logs" / "rank-1.log").read_text()
+    )
+    assert "Root Cause" in r.stderr and "rank" in r.stderr
+    s = json.loads((run_dir(tmp_path, "f") / "summary.json").read_text())
+    assert s["status"] == "failed"
+
+
+def test_sigterm_to_launch_preempts_all_ranks(tmp_path, tiny):
+    args = [
+        f"recipe={tiny}",
+        "log.quiet=true",
+        "run.name=p",
+        "--procs",
+        "2",
+        "--device",
+        "cpu",
+        "train.epochs=6",
+        "data.size=200",
+        "data.step_delay=0.05",
+    ]
+    proc = start_group(args, tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = run_dir(tmp_path, "p") / "metrics.jsonl"
+        if m.exists() and m.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # only to `launch`: it forwards
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    s = json.loads((run_dir(tmp_path, "p") / "summary.json").read_text())
+    assert s["status"] == "preempted"
+    assert (run_dir(tmp_path, "p") / "checkpoints" / f"step-{s['global_step']}" / "COMPLETE").is_file()
+    r = run_launch(args, tmp_path)
+    assert r.returncode == 0, r.stderr
