@@ -143,14 +143,16 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     if show_config:
         click.echo(cfgmod.to_yaml(cfg), nl=False)
         return EXIT_COMPLETED
-    from launcher.hardware import visible_gpus
+    from launcher.hardware import free_port, visible_gpus
 
-    plan = make_plan(cfg, gpus=visible_gpus() if cfg.dist.device == "cuda" else None)
+    ask_gpus = cfg.dist.device == "cuda" or (cfg.dist.device == "auto" and cfg.dist.strategy == "accelerate")
+    plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus else None)
     if cfg.run.name is None:
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
     prepared = inspect_run_dir(cfg, run_path)
-    command = build_command(plan, cfg, run_path)
+    port = free_port() if plan.launcher == "accelerate" and plan.procs_per_node > 1 else None
+    command = build_command(plan, cfg, run_path, port=port)
     if dry_run:
         click.echo("# resolved config")
         click.echo(cfgmod.to_yaml(cfg), nl=False)

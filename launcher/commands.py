@@ -40,6 +40,7 @@ def build_command(
     python: str = sys.executable,
     cpu_count: int | None = None,
     environ: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Command:
     """The exact argv and added environment for ``plan`` (pure: no side effects)."""
     environ = os.environ if environ is None else environ
@@ -47,11 +48,32 @@ def build_command(
     worker = ["-m", WORKER_MODULE, str(run_dir)]
     if plan.launcher == "in-process":
         return Command([python, *worker], env, in_process=True)
-    if plan.launcher == "torchrun":
+    if plan.launcher in ("torchrun", "accelerate") and plan.procs_per_node > 1:
         if "OMP_NUM_THREADS" not in environ:
             # torchrun would set 1 (with a warning); share the cores between the processes instead
             cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
             env["OMP_NUM_THREADS"] = str(max(1, cores // plan.procs_per_node))
+    if plan.launcher == "torchrun":
         argv = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.procs_per_node}"]
         return Command([*argv, *worker], env)
+    if plan.launcher == "accelerate":
+        mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[cfg.train.precision]
+        argv = [
+            python,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_machines=1",
+            f"--num_processes={plan.procs_per_node}",
+            f"--mixed_precision={mp}",
+            "--dynamo_backend=no",
+        ]
+        if plan.procs_per_node > 1:
+            # without --multi_gpu (and, on the CPU, ACCELERATE_USE_CPU=1) Accelerate silently runs
+            # every process on its own instead of one distributed job
+            argv += ["--multi_gpu", f"--main_process_port={port or 29500}"]
+        if plan.device == "cpu":
+            env["ACCELERATE_USE_CPU"] = "1"
+            if plan.procs_per_node == 1:
+                argv.append("--cpu")  # (--cpu and --multi_gpu exclude each other)
+        return Command([*argv, "--module", *worker[1:]], env)
     raise ValueError(f"no command builder for launcher {plan.launcher!r}")

@@ -27,3 +27,12 @@ def visible_gpus(env: dict[str, str] | None = None) -> int | None:
     if out.returncode != 0:
         return 0
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host right now (for a single-node rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

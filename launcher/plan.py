@@ -21,7 +21,7 @@ class Plan:
         return self.procs_per_node * self.nodes
 
 
-STRATEGY_LAUNCHER = {"single": "in-process", "dp": "in-process", "ddp": "torchrun"}
+STRATEGY_LAUNCHER = {"single": "in-process", "dp": "in-process", "ddp": "torchrun", "accelerate": "accelerate"}
 
 
 def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
@@ -46,6 +46,8 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
             f"train.precision=fp16-mixed needs a CUDA GPU (device is {d.device}); "
             "use --precision bf16-mixed or fp32 on this device"
         )
+    if strategy == "accelerate" and cfg.train.precision == "bf16-true":
+        raise ConfigError("train.precision=bf16-true is not supported with Accelerate; use bf16-mixed or fp32")
     if d.device == "mps" and world > 1:
         raise ConfigError("MPS runs one process; drop --procs (or use --device cpu for several CPU processes)")
     needed = 1 if strategy == "dp" else d.procs  # DataParallel: one process over every visible GPU
@@ -63,6 +65,9 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
         raise ConfigError(
             f"dist.strategy={strategy} is not available yet in this version; use ddp (--procs N) or single"
         )
+    device = d.device
+    if strategy == "accelerate" and device == "auto" and gpus is not None:
+        device = "cuda" if gpus else "cpu"  # Accelerate must be told: it cannot "auto" into CPU processes
     return Plan(
-        strategy=strategy, device=d.device, procs_per_node=d.procs, nodes=d.nodes, launcher=STRATEGY_LAUNCHER[strategy]
+        strategy=strategy, device=device, procs_per_node=d.procs, nodes=d.nodes, launcher=STRATEGY_LAUNCHER[strategy]
     )

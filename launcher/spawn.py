@@ -12,7 +12,12 @@ from pathlib import Path
 from launcher.commands import Command
 from launcher.errors import EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
 
-EXIT_FOR_STATUS = {"completed": EXIT_COMPLETED, "stopped": EXIT_STOPPED, "preempted": EXIT_PREEMPTED, "failed": EXIT_FAILED}
+EXIT_FOR_STATUS = {
+    "completed": EXIT_COMPLETED,
+    "stopped": EXIT_STOPPED,
+    "preempted": EXIT_PREEMPTED,
+    "failed": EXIT_FAILED,
+}
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,12 +26,12 @@ def run_dir(cwd: Path, name: str) -> Path:
     return cwd / "runs" / "tiny" / name
 
 
-def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, tiny):
+@pytest.mark.parametrize("strategy", ["ddp", "accelerate"])
+def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, tiny, strategy):
     one = run_launch([f"recipe={tiny}", *EXACT, "run.name=one", "train.batch_size=16"], tmp_path)
     assert one.returncode == 0, one.stderr
-    two = run_launch(
-        [f"recipe={tiny}", *EXACT, "run.name=two", "train.batch_size=8", "--procs", "2", "--device", "cpu"], tmp_path
-    )
+    two_args = ["run.name=two", "train.batch_size=8", "--procs", "2", "--device", "cpu", "--strategy", strategy]
+    two = run_launch([f"recipe={tiny}", *EXACT, *two_args], tmp_path)
     assert two.returncode == 0, two.stderr
     a = [e for e in read_jsonl(run_dir(tmp_path, "one") / "metrics.jsonl") if "train/loss" in e]
     b = [e for e in read_jsonl(run_dir(tmp_path, "two") / "metrics.jsonl") if "train/loss" in e]

@@ -47,6 +47,15 @@ class Single:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def prepare(self, model, optimizer):
+        """After the optimizer exists (Accelerate wraps both together)."""
+        return model, optimizer
+
+    def make_precision(self, name: str, device: torch.device):
+        from launcher.runtime.precision import Precision
+
+        return Precision(name, device)
+
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return getattr(model, "module", model)
 
@@ -141,7 +150,9 @@ class DDP(Single):
             self.dist.destroy_process_group()
 
 
-def make_strategy(name: str, env: DistEnv, device: torch.device) -> Single:
+def make_strategy(name: str, env: DistEnv, device: torch.device, precision: str = "fp32") -> Single:
+    if name == "accelerate":
+        return Accelerate(env, device, precision)
     if name == "ddp" or (name == "auto" and env.world_size > 1):
         if device.type == "cuda" and env.local_world_size > torch.cuda.device_count():
             raise LaunchError(
@@ -152,3 +163,88 @@ def make_strategy(name: str, env: DistEnv, device: torch.device) -> Single:
     if name == "dp":
         return DataParallel(env, device)
     return Single(env, device)
+
+
+class Accelerate(DDP):
+    """HF Accelerate owns device placement, DDP wrapping and mixed precision; the loop, the data
+    order and the checkpoint format stay ours (so resume stays exact)."""
+
+    name = "accelerate"
+
+    def __init__(self, env: DistEnv, device: torch.device, precision: str) -> None:
+        import torch.distributed as dist
+        from accelerate import Accelerator
+
+        mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(precision)
+        if mp is None:
+            raise LaunchError(f"train.precision={precision} is not supported with Accelerate; use fp32 or bf16-mixed")
+        Single.__init__(self, env, device)
+        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+        if env.world_size > 1 and self.accelerator.num_processes != env.world_size:
+            raise LaunchError(
+                f"Accelerate runs {self.accelerator.num_processes} process(es) but the job has {env.world_size}: "
+                "on the CPU it needs ACCELERATE_USE_CPU=1 and --multi_gpu (launch sets both)"
+            )
+        self.device = self.accelerator.device
+        self.dist = dist
+        self._reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # prepare() wraps model and optimizer together
+
+    def prepare(self, model, optimizer):
+        return self.accelerator.prepare(model, optimizer)
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def no_sync(self, model: torch.nn.Module):
+        return self.accelerator.no_sync(model)
+
+    def make_precision(self, name: str, device: torch.device):
+        return AcceleratePrecision(self.accelerator, name)
+
+    def any(self, flag: bool) -> bool:
+        return DDP.any(self, flag) if self.env.world_size > 1 else flag
+
+    def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        return DDP.reduce_sums(self, sums) if self.env.world_size > 1 else sums
+
+    def gather(self, obj):
+        return DDP.gather(self, obj) if self.env.world_size > 1 else [obj]
+
+    def teardown(self) -> None:
+        self.accelerator.end_training()
+        super().teardown()
+
+
+class AcceleratePrecision:
+    """Precision through the Accelerator (its autocast, its GradScaler)."""
+
+    def __init__(self, accelerator, name: str) -> None:
+        self.accelerator, self.name = accelerator, name
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def convert_model(self, model):
+        return model
+
+    def convert_input(self, batch):
+        return batch
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self, optimizer, params, grad_clip):
+        norm = self.accelerator.clip_grad_norm_(params, grad_clip) if grad_clip else None
+        optimizer.step()
+        return norm
+
+    def state_dict(self) -> dict:
+        scaler = self.accelerator.scaler
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.accelerator.scaler is not None and state:
+            self.accelerator.scaler.load_state_dict(state)

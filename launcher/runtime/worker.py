@@ -88,7 +88,7 @@ def main(run_dir: str) -> int:
     strategy = None
     try:
         device = resolve_device(cfg.dist.device, env)
-        strategy = make_strategy(cfg.dist.strategy, env, device)
+        strategy = make_strategy(cfg.dist.strategy, env, device, cfg.train.precision)
         parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
     except LaunchError as e:
         stop.uninstall()
@@ -220,12 +220,12 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     from launcher.runtime.loggers import ConsoleProgress, JsonlLogger
     from launcher.runtime.loop import Parts, Trainer
     from launcher.runtime.optim import build_optimizer, build_scheduler
-    from launcher.runtime.precision import Precision
+
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     device = strategy.device
-    precision = Precision(cfg.train.precision, device)
+    precision = strategy.make_precision(cfg.train.precision, device)
 
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
@@ -275,6 +275,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         )
 
     optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
+    model, optimizer = strategy.prepare(model, optimizer)
     c = cfg.checkpoint
     manager = ckpt.CheckpointManager(
         rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
@@ -299,7 +300,10 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         world_size=env.world_size,
     )
     trainer = Trainer(parts)
-    parts.scheduler = build_scheduler(optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode)
+    torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate wraps it
+    parts.scheduler = build_scheduler(
+        torch_optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode
+    )
     trainer.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     loaded = find_resume(cfg, manager, rd, info)
