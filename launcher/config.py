@@ -171,10 +171,12 @@ OPERATIONAL_KEYS = (
     "slurm.",
 )
 # Keys that may change between a run and its resumption without changing what was computed so
-# far (more epochs, a step cap, evaluation cadence, data moved to another folder).
+# far (more epochs, a step cap, evaluation cadence, data moved to another folder, another strategy
+# or process count: the run continues from the same point of its epoch).
 RESUME_SAFE_KEYS = (
     *OPERATIONAL_KEYS,
     "data.root",
+    "dist.",
     "train.epochs",
     "train.max_steps",
     "train.eval_every",

@@ -153,3 +153,17 @@ def test_sigterm_to_launch_preempts_all_ranks(tmp_path, tiny):
     assert (run_dir(tmp_path, "p") / "checkpoints" / f"step-{s['global_step']}" / "COMPLETE").is_file()
     r = run_launch(args, tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("second", [["--procs", "2", "--device", "cpu"], ["--procs", "2", "--strategy", "accelerate"]])
+def test_a_single_process_run_resumes_under_two_processes(tmp_path, tiny, second):
+    base = [f"recipe={tiny}", "log.quiet=true", "run.name=x", "train.epochs=3", "train.batch_size=8"]
+    r = run_launch([*base, "train.max_steps=13"], tmp_path)  # stops mid-epoch 2 (9 steps per epoch)
+    assert r.returncode == 0, r.stderr
+    r = run_launch([*base, *second], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "dist.procs: 1 -> 2" in r.stderr  # the change is reported, not refused
+    s = json.loads((run_dir(tmp_path, "x") / "summary.json").read_text())
+    assert s["status"] == "completed" and s["resumed_from"].endswith("step-13")
+    # 13 steps of 8 samples, then the rest of epoch 2 and epoch 3 at 16 samples per step
+    assert s["epochs"] == 3 and s["global_step"] == 13 + 2 + 4
