@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,46 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture
 def tiny() -> str:
     return TINY
+
+
+def start(args: list[str], cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    """Start `launch ARGS` in the background (``new_session``: its own process group, so that a
+    test can kill launch, torchrun and every worker at once with os.killpg)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env=launch_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+    proc.started = time.time()
+    return proc
+
+
+def wait_for_training(cwd: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Wait until this attempt logged its first train metrics; False if the process ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        for path in (cwd / "runs").glob("*/*/metrics.jsonl"):
+            if path.stat().st_size > 0 and path.stat().st_mtime > proc.started:
+                return True
+        time.sleep(0.02)
+    raise AssertionError("training did not start")
+
+
+def has_checkpoint(cwd: Path) -> bool:
+    return any((cwd / "runs").glob("*/*/checkpoints/step-*/COMPLETE"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert wa[k].dtype == wb[k].dtype
+        assert wa[k].equal(wb[k]), f"{k} differs"

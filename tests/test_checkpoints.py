@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from launcher.rundir import RunDir
 from launcher.runtime import rng
 from launcher.runtime.checkpoint import CheckpointManager, CorruptCheckpoint
-from tests.conftest import launch_env, run_launch
-from tests.test_resume import assert_same_weights
+from tests.conftest import assert_same_weights, launch_env, run_launch, start, wait_for_training
 
 QUIET = ["log.quiet=true", "run.name=r"]
 
@@ -152,7 +151,6 @@ def test_init_from_starts_a_new_run_from_weights_only(tmp_path, tiny):
 
 
 def test_sigusr2_is_a_preemption(tmp_path, tiny):
-    from tests.test_resume import start, wait_for_training
 
     args = [f"recipe={tiny}", *QUIET, "train.epochs=6", "data.size=160", "data.step_delay=0.01"]
     proc = start(args, tmp_path)

@@ -6,8 +6,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import launch_env, read_jsonl, run_launch
-from tests.test_resume import assert_same_weights, has_checkpoint
+from tests.conftest import assert_same_weights, has_checkpoint, read_jsonl, run_launch, start
 
 # no dropout and no noise: the per-rank random streams then cannot matter
 EXACT = ["model.dropout=0", "data.noise=0", "log.quiet=true", "train.log_every=1", "data.size=160"]
@@ -53,20 +50,6 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, tiny, s
     assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
 
 
-def start_group(args: list[str], cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=launch_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    proc.started = time.time()
-    return proc
-
-
 def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
     args = [
         f"recipe={tiny}",
@@ -89,7 +72,7 @@ def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
     rng = random.Random(11)
     kills = 0
     for _ in range(3):
-        proc = start_group(args, killed)
+        proc = start(args, killed, new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             m = run_dir(killed, "r") / "metrics.jsonl"
@@ -138,7 +121,7 @@ def test_sigterm_to_launch_preempts_all_ranks(tmp_path, tiny):
         "data.size=200",
         "data.step_delay=0.05",
     ]
-    proc = start_group(args, tmp_path)
+    proc = start(args, tmp_path, new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         m = run_dir(tmp_path, "p") / "metrics.jsonl"

@@ -8,8 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import read_jsonl, run_launch
-from tests.test_resume import start, wait_for_training
+from tests.conftest import read_jsonl, run_launch, start, wait_for_training
 
 QUIET = ["log.quiet=true", "run.name=r"]
 

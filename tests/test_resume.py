@@ -8,57 +8,24 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from tests.conftest import launch_env, only_run_dir, read_jsonl, run_launch
+from tests.conftest import (
+    assert_same_weights,
+    has_checkpoint,
+    only_run_dir,
+    read_jsonl,
+    run_launch,
+    start,
+    wait_for_training,
+)
 
 # Long enough to be killed mid-epoch (8 epochs x 18 steps), small enough to stay fast.
 BASE = ["train.epochs=6", "data.size=160", "data.step_delay=0.01", "checkpoint.every_steps=4", "log.quiet=true"]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a)), load_file(str(b))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert wa[k].dtype == wb[k].dtype
-        assert wa[k].equal(wb[k]), f"{k} differs"
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=launch_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    proc.started = time.time()
-    return proc
-
-
-def wait_for_training(cwd: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
-    """Wait until this attempt logged its first train metrics; False if the process ended."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        for path in (cwd / "runs").glob("*/*/metrics.jsonl"):
-            if path.stat().st_size > 0 and path.stat().st_mtime > proc.started:
-                return True
-        time.sleep(0.02)
-    raise AssertionError("training did not start")
-
-
-def has_checkpoint(cwd: Path) -> bool:
-    return any((cwd / "runs").glob("*/*/checkpoints/step-*/COMPLETE"))
 
 
 def kill_and_rerun(args: list[str], cwd: Path, kills: int, rng: random.Random) -> int:
