@@ -216,7 +216,6 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
 
     from launcher.runtime import checkpoint as ckpt
     from launcher.runtime import rng
-    from launcher.runtime.data import EpochBatchSampler, make_loader
     from launcher.runtime.loggers import ConsoleProgress, JsonlLogger
     from launcher.runtime.loop import Parts, Trainer
     from launcher.runtime.optim import build_optimizer, build_scheduler
@@ -238,41 +237,10 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
     train_ds, val_ds = recipe.build_datasets()
-    d = cfg.data
-    pin = d.pin_memory if d.pin_memory is not None else device.type == "cuda"
-    collate = getattr(recipe, "collate", None)
-    train_sampler = EpochBatchSampler(
-        len(train_ds),
-        cfg.train.batch_size,
-        shuffle=True,
-        seed=cfg.run.seed,
-        rank=env.rank,
-        world_size=env.world_size,
-        drop_last=True,
-    )
-    train_loader = make_loader(
-        train_ds, train_sampler, num_workers=d.num_workers, pin_memory=pin, seed=cfg.run.seed, collate_fn=collate
-    )
+    train_sampler, train_loader = _loader(cfg, recipe, env, device, train_ds, train=True)
     val_loader = None
     if val_ds is not None and len(val_ds) > 0:
-        val_sampler = EpochBatchSampler(
-            len(val_ds),
-            cfg.train.batch_size,
-            shuffle=False,
-            seed=cfg.run.seed,
-            rank=env.rank,
-            world_size=env.world_size,
-            pad=False,
-        )
-        val_loader = make_loader(
-            val_ds,
-            val_sampler,
-            num_workers=d.num_workers,
-            pin_memory=pin,
-            seed=cfg.run.seed + 1,
-            collate_fn=collate,
-            seeded=False,
-        )
+        _, val_loader = _loader(cfg, recipe, env, device, val_ds, train=False)
 
     optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
     model, optimizer = strategy.prepare(model, optimizer)
@@ -325,6 +293,24 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
     parts.console = ConsoleProgress(trainer.total_steps(), trainer.progress.global_step, show_bar)
     return parts, trainer, resumed_from
+
+
+def _loader(cfg, recipe, env, device, dataset, train: bool):
+    """(sampler, loader). Training: shuffled, padded shards, full batches, per-batch seeding.
+    Evaluation: in order, unpadded shards (every sample counted once), the last batch kept."""
+    from launcher.runtime.data import EpochBatchSampler, make_loader
+
+    d = cfg.data
+    sampler = EpochBatchSampler(
+        len(dataset), cfg.train.batch_size, shuffle=train, seed=cfg.run.seed,
+        rank=env.rank, world_size=env.world_size, drop_last=train, pad=train,
+    )  # fmt: skip
+    loader = make_loader(
+        dataset, sampler, num_workers=d.num_workers,
+        pin_memory=d.pin_memory if d.pin_memory is not None else device.type == "cuda",
+        seed=cfg.run.seed + (0 if train else 1), collate_fn=getattr(recipe, "collate", None), seeded=train,
+    )  # fmt: skip
+    return sampler, loader
 
 
 def find_resume(cfg, manager, rd: RunDir, info):
