@@ -139,6 +139,20 @@ class DistSection(Section):
     strategy: Literal["auto", "single", "dp", "ddp", "accelerate", "deepspeed"] = "auto"
 
 
+class DeepSpeedSection(Section):
+    stage: int = Field(2, ge=0, le=3, description="ZeRO stage (0: plain data parallel)")
+    offload_optimizer: bool = Field(False, description="keep optimizer state in CPU memory (ZeRO 1-3)")
+    offload_param: bool = Field(False, description="keep parameters in CPU memory (ZeRO 3)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeepSpeedSection:
+        if self.offload_param and self.stage != 3:
+            raise ValueError("deepspeed.offload_param needs deepspeed.stage=3")
+        if self.offload_optimizer and self.stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.stage 1, 2 or 3")
+        return self
+
+
 class SlurmSection(Section):
     enabled: bool = Field(False, description="submit with sbatch instead of running here (--slurm)")
 
@@ -154,6 +168,7 @@ class Config(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     log: LogSection = Field(default_factory=LogSection)
     dist: DistSection = Field(default_factory=DistSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     slurm: SlurmSection = Field(default_factory=SlurmSection)
 
 

@@ -21,7 +21,13 @@ class Plan:
         return self.procs_per_node * self.nodes
 
 
-STRATEGY_LAUNCHER = {"single": "in-process", "dp": "in-process", "ddp": "torchrun", "accelerate": "accelerate"}
+STRATEGY_LAUNCHER = {
+    "single": "in-process",
+    "dp": "in-process",
+    "ddp": "torchrun",
+    "accelerate": "accelerate",
+    "deepspeed": "torchrun",  # deepspeed.initialize reads torchrun's environment
+}
 
 
 def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
@@ -46,8 +52,10 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
             f"train.precision=fp16-mixed needs a CUDA GPU (device is {d.device}); "
             "use --precision bf16-mixed or fp32 on this device"
         )
-    if strategy == "accelerate" and cfg.train.precision == "bf16-true":
-        raise ConfigError("train.precision=bf16-true is not supported with Accelerate; use bf16-mixed or fp32")
+    if strategy in ("accelerate", "deepspeed") and cfg.train.precision == "bf16-true":
+        raise ConfigError(f"train.precision=bf16-true is not supported with {strategy}; use bf16-mixed or fp32")
+    if strategy == "deepspeed" and cfg.checkpoint.async_:
+        raise ConfigError("checkpoint.async=true is not supported with deepspeed (its engine writes its own state)")
     if d.device == "mps" and world > 1:
         raise ConfigError("MPS runs one process; drop --procs (or use --device cpu for several CPU processes)")
     needed = 1 if strategy == "dp" else d.procs  # DataParallel: one process over every visible GPU

@@ -40,6 +40,7 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
+EXIT_CODE_FILE = ".exit_code"  # bad input found by a worker, for `launch` behind a multi-process launcher
 CHECKPOINT_PREFIX = "step-"
 
 

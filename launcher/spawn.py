@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from launcher.commands import Command
-from launcher.errors import EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
+from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
+from launcher.rundir import EXIT_CODE_FILE
 
 EXIT_FOR_STATUS = {
     "completed": EXIT_COMPLETED,
@@ -53,7 +54,20 @@ def run(command: Command, run_dir: Path) -> int:
 
 
 def status_code(run_dir: Path, started: float, fallback: int) -> int:
-    """Exit status from ``summary.json`` if this attempt wrote it, else the launcher's own."""
+    """Exit status from ``summary.json`` if this attempt wrote it, else the launcher's own.
+
+    A worker that found bad input before training removes a fresh run directory (so a missing
+    directory means exit 2) or leaves ``.exit_code``."""
+    if fallback != 0 and not run_dir.exists():
+        return EXIT_BAD_INPUT
+    marker = run_dir / EXIT_CODE_FILE
+    try:
+        if marker.stat().st_mtime >= started:
+            code = int(marker.read_text())
+            marker.unlink()
+            return code
+    except (OSError, ValueError):
+        pass
     path = run_dir / "summary.json"
     try:
         if path.stat().st_mtime >= started:

@@ -42,7 +42,9 @@ def test_world_size_is_procs_times_nodes():
     ("pairs", "needle"),
     [
         ([("dist.strategy", "single"), ("dist.procs", "2")], "dist.strategy=single runs one process"),
-        ([("dist.strategy", "deepspeed")], "dist.strategy=deepspeed is not available"),
+        ([("dist.strategy", "deepspeed"), ("train.precision", "bf16-true")], "not supported with deepspeed"),
+        ([("dist.strategy", "deepspeed"), ("checkpoint.async", "true")], "not supported with deepspeed"),
+        ([("dist.strategy", "accelerate"), ("train.precision", "bf16-true")], "not supported with accelerate"),
         ([("dist.strategy", "dp")], "DataParallel) needs CUDA GPUs"),
         ([("dist.strategy", "dp"), ("dist.device", "cpu")], "on the CPU it would do nothing"),
         ([("dist.device", "mps"), ("dist.procs", "2")], "MPS runs one process"),
@@ -139,3 +141,34 @@ def test_render_quotes_arguments_with_spaces():
 
 def test_render_without_env_is_just_the_argv():
     assert Command(["python", "-m", "x", "a'b"]).render() == "python -m x 'a'\"'\"'b'"
+
+
+def test_deepspeed_runs_under_torchrun_and_accelerate_under_its_launcher():
+    cfg = cfg_with(("dist.procs", "2"), ("dist.device", "cpu"), ("dist.strategy", "deepspeed"))
+    cmd = build_command(make_plan(cfg), cfg, Path("r"), python="/py", cpu_count=2, environ={})
+    assert cmd.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cfg = cfg_with(("dist.procs", "2"), ("dist.device", "cpu"), ("dist.strategy", "accelerate"))
+    cmd = build_command(make_plan(cfg), cfg, Path("r"), python="/py", cpu_count=2, environ={}, port=12345)
+    assert cmd.argv == [
+        "/py",
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines=1",
+        "--num_processes=2",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "--multi_gpu",
+        "--main_process_port=12345",
+        "--module",
+        "launcher.runtime.worker",
+        "r",
+    ]
+    # on the CPU Accelerate is only really distributed with this variable (and --multi_gpu)
+    assert cmd.env == {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_deepspeed_section_is_validated():
+    with pytest.raises(ConfigError, match="offload_param needs deepspeed.stage=3"):
+        cfg_with(("deepspeed.stage", "2"), ("deepspeed.offload_param", "true"))
+    with pytest.raises(ConfigError, match="deepspeed.stage"):
+        cfg_with(("deepspeed.stage", "4"))

@@ -49,6 +49,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
+ENGINE_DIR = "deepspeed"  # engine-owned state (DeepSpeed), written by every rank
 
 
 def rng_file(rank: int) -> str:
@@ -196,6 +197,7 @@ class CheckpointManager:
         rngs: list[dict[str, Any]],
         meta: dict[str, Any],
         config_text: str,
+        engine_dir: Path | None = None,
     ) -> Path:
         """Write ``step-N`` atomically (in the background with ``async_write``); returns its path.
 
@@ -204,10 +206,10 @@ class CheckpointManager:
         Raises LaunchError if the disk refuses."""
         self.wait()
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
-        if (final / COMPLETE_MARKER).is_file():
+        if self.is_complete(step):
             return final  # already saved at this step (e.g. epoch end == every_steps)
         if not self.async_write:
-            self._write(step, model_state, state, rngs, meta, config_text)
+            self._write(step, model_state, state, rngs, meta, config_text, engine_dir)
             return final
         # safe to overwrite: wait() above guarantees the previous write has finished
         payload = self._staging = copy_to_cpu((model_state, state, rngs), self._staging)
@@ -216,6 +218,9 @@ class CheckpointManager:
         )
         self._thread.start()
         return final
+
+    def is_complete(self, step: int) -> bool:
+        return (self.root / f"{CHECKPOINT_PREFIX}{step}" / COMPLETE_MARKER).is_file()
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is complete; re-raise its error."""
@@ -232,7 +237,7 @@ class CheckpointManager:
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 
-    def _write(self, step, model_state, state, rngs, meta, config_text) -> None:
+    def _write(self, step, model_state, state, rngs, meta, config_text, engine_dir=None) -> None:
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
         tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
         try:
@@ -245,8 +250,13 @@ class CheckpointManager:
                 torch.save(rng, tmp / rng_file(rank))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=float))
             (tmp / CONFIG_FILE).write_text(config_text)
-            for f in tmp.iterdir():
-                _fsync_file(f)
+            if engine_dir is not None:
+                os.rename(engine_dir, tmp / ENGINE_DIR)
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    _fsync_file(f)
+                else:
+                    _fsync_dir(f)
             _fsync_dir(tmp)
             if final.exists():  # an incomplete leftover from a crash: never loaded, safe to replace
                 shutil.rmtree(final)
@@ -258,6 +268,8 @@ class CheckpointManager:
             _fsync_dir(final)
         except (OSError, RuntimeError, SafetensorError) as e:  # ENOSPC, EFBIG, EACCES... in any writer
             shutil.rmtree(tmp, ignore_errors=True)
+            if engine_dir is not None:
+                shutil.rmtree(engine_dir, ignore_errors=True)
             reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
             raise LaunchError(
                 f"cannot write checkpoint step-{step} in {self.root}: {reason}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,7 +97,7 @@ class Trainer:
         if self.p.jsonl is not None:
             self.trackers.metrics_offset = self.p.jsonl.offset()
         return {
-            ckpt.K_OPTIMIZER: self.p.optimizer.state_dict(),
+            ckpt.K_OPTIMIZER: {} if self.p.strategy.owns_checkpoint_state else self.p.optimizer.state_dict(),
             ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
             ckpt.K_SCALER: self.p.precision.state_dict(),
             ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time(), "world_size": self.p.world_size},
@@ -112,17 +113,25 @@ class Trainer:
         }
 
     def load(self, loaded: dict[str, Any]) -> None:
-        model = self.p.strategy.unwrap(self.p.model)
-        try:
-            model.load_state_dict(loaded["model"])
-        except RuntimeError as e:
-            first = str(e).splitlines()[0]
-            raise LaunchError(
-                f"checkpoint {loaded['path']} does not fit this model ({first}); "
-                "it was saved by a different recipe or architecture"
-            ) from None
+        strategy = self.p.strategy
         state = loaded["state"]
-        self.p.optimizer.load_state_dict(state[ckpt.K_OPTIMIZER])
+        if strategy.owns_checkpoint_state:
+            strategy.load_engine(str(loaded["path"] / ckpt.ENGINE_DIR))
+        else:
+            if not state[ckpt.K_OPTIMIZER]:
+                raise LaunchError(
+                    f"checkpoint {loaded['path']} was written by DeepSpeed (optimizer state in its engine); "
+                    "resume it with --strategy deepspeed, or start from its weights with model.init_from=..."
+                )
+            try:
+                strategy.unwrap(self.p.model).load_state_dict(loaded["model"])
+            except RuntimeError as e:
+                first = str(e).splitlines()[0]
+                raise LaunchError(
+                    f"checkpoint {loaded['path']} does not fit this model ({first}); "
+                    "it was saved by a different recipe or architecture"
+                ) from None
+            self.p.optimizer.load_state_dict(state[ckpt.K_OPTIMIZER])
         if self.p.scheduler is not None and state[ckpt.K_SCHEDULER]:
             self.p.scheduler.load_state_dict(state[ckpt.K_SCHEDULER])
         self.p.precision.load_state_dict(state[ckpt.K_SCALER])
@@ -149,26 +158,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        """Every rank calls this at the same step: RNG states are gathered on rank 0, which writes."""
-        p = self.p
-        rngs = p.strategy.gather(rng.capture())
-        if not p.strategy.is_main:
+        """Every rank calls this at the same step: RNG states are gathered on rank 0, which writes.
+
+        With a strategy whose engine owns the model/optimizer state (DeepSpeed), every rank
+        first writes its share into a staging directory that becomes ``deepspeed/`` inside the
+        checkpoint, before the checkpoint is renamed and marked complete."""
+        p, s = self.p, self.p.strategy
+        step = self.progress.global_step
+        rngs = s.gather(rng.capture())
+        engine_dir = None
+        if s.owns_checkpoint_state:
+            if p.checkpoints.is_complete(step):
+                return
+            engine_dir = p.checkpoints.root / s.broadcast(f".tmp-engine-{step}-{uuid.uuid4().hex[:8]}")
+            s.save_engine(str(engine_dir))
+            s.barrier()
+        model_state = s.model_state(p.model)  # collective under ZeRO-3
+        if not s.is_main:
             return
         meta = {
-            "step": self.progress.global_step,
+            "step": step,
             "epoch": self.progress.epoch,
             "batch_in_epoch": self.progress.batch_in_epoch,
             "world_size": p.world_size,
+            "strategy": s.name,
             "metrics": {**self.trackers.last_train, **self.trackers.last_val},
         }
-        p.checkpoints.save(
-            self.progress.global_step,
-            p.strategy.unwrap(p.model).state_dict(),
-            self.state(),
-            rngs,
-            meta,
-            to_yaml(self.cfg),
-        )
+        p.checkpoints.save(step, model_state, self.state(), rngs, meta, to_yaml(self.cfg), engine_dir=engine_dir)
 
     # ------------------------------------------------------------------ metrics
     def _add_window(self, sums: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ strategies override the collective methods.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -55,6 +55,12 @@ class Single:
         from launcher.runtime.precision import Precision
 
         return Precision(name, device)
+
+    # Checkpoint hooks. Strategies whose engine owns model/optimizer state (DeepSpeed) override.
+    owns_checkpoint_state = False
+
+    def model_state(self, model: torch.nn.Module) -> dict:
+        return self.unwrap(model).state_dict()
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return getattr(model, "module", model)
@@ -150,9 +156,11 @@ class DDP(Single):
             self.dist.destroy_process_group()
 
 
-def make_strategy(name: str, env: DistEnv, device: torch.device, precision: str = "fp32") -> Single:
+def make_strategy(name: str, env: DistEnv, device: torch.device, cfg) -> Single:
     if name == "accelerate":
-        return Accelerate(env, device, precision)
+        return Accelerate(env, device, cfg.train.precision)
+    if name == "deepspeed":
+        return DeepSpeed(env, device, cfg)
     if name == "ddp" or (name == "auto" and env.world_size > 1):
         if device.type == "cuda" and env.local_world_size > torch.cuda.device_count():
             raise LaunchError(
@@ -248,3 +256,141 @@ class AcceleratePrecision:
     def load_state_dict(self, state: dict) -> None:
         if self.accelerator.scaler is not None and state:
             self.accelerator.scaler.load_state_dict(state)
+
+
+class DeepSpeed(DDP):
+    """``deepspeed.initialize`` with ZeRO ``deepspeed.stage`` 0-3 (optional CPU offload). The engine
+    owns precision, gradient reduction and the optimizer step; its state is saved and restored
+    through the engine, inside our atomic checkpoint directory (``deepspeed/``)."""
+
+    name = "deepspeed"
+    owns_checkpoint_state = True
+
+    def __init__(self, env: DistEnv, device: torch.device, cfg) -> None:
+        import datetime
+
+        import deepspeed
+        import torch.distributed as dist
+
+        Single.__init__(self, env, device)
+        precision = cfg.train.precision
+        if precision not in ("fp32", "bf16-mixed", "fp16-mixed"):
+            raise LaunchError(f"train.precision={precision} is not supported with deepspeed; use fp32 or bf16-mixed")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=300),
+            verbose=False,
+        )
+        self.dist = dist
+        self._reduce_device = device if device.type == "cuda" else torch.device("cpu")
+        self.cfg = cfg
+        self.engine = None
+
+    def ds_config(self) -> dict:
+        t, z = self.cfg.train, self.cfg.deepspeed
+        zero: dict = {"stage": z.stage}
+        if z.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if z.offload_param:
+            zero["offload_param"] = {"device": "cpu"}
+        if z.stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        return {
+            "train_micro_batch_size_per_gpu": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum_steps,
+            "gradient_clipping": t.grad_clip or 0.0,
+            "zero_optimization": zero,
+            "bf16": {"enabled": t.precision == "bf16-mixed"},
+            "fp16": {"enabled": t.precision == "fp16-mixed"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def prepare(self, model, optimizer):
+        import deepspeed
+
+        engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config())
+        engine.set_gradient_accumulation_boundary(True)
+        self.engine = engine
+        return engine, ds_optimizer
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.engine.module if self.engine is not None else model
+
+    @contextmanager
+    def no_sync(self, model):
+        # The loop decides where accumulation groups end (also a shorter last one per epoch).
+        self.engine.set_gradient_accumulation_boundary(False)
+        try:
+            yield
+        finally:
+            self.engine.set_gradient_accumulation_boundary(True)
+
+    def make_precision(self, name: str, device: torch.device):
+        return DeepSpeedPrecision(self, name)
+
+    def model_state(self, model) -> dict:
+        """Full weights on rank 0 (collective under ZeRO-3, where parameters are partitioned)."""
+        if self.cfg.deepspeed.stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict() or {}
+        return self.engine.module.state_dict()
+
+    def save_engine(self, directory: str) -> None:
+        """Every rank writes its share of the engine state (collective)."""
+        self.engine.save_checkpoint(directory, tag="engine", save_latest=False)
+
+    def load_engine(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(
+            directory, tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise LaunchError(f"no DeepSpeed engine state in {directory}; the checkpoint was saved by another strategy")
+
+    def broadcast(self, obj):
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class DeepSpeedPrecision:
+    """The engine owns precision: bf16/fp16 weights, loss scaling, clipping (config)."""
+
+    def __init__(self, strategy: DeepSpeed, name: str) -> None:
+        self.strategy, self.name = strategy, name
+        self._dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(name)
+
+    def autocast(self):
+        return nullcontext()
+
+    def convert_model(self, model):
+        return model
+
+    def convert_input(self, batch):
+        if self._dtype is None:
+            return batch
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self._dtype) if batch.is_floating_point() else batch
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.convert_input(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.convert_input(v) for k, v in batch.items()}
+        return batch
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.strategy.engine.backward(loss, scale_wrt_gas=False)  # the loop already divided it
+
+    def step(self, optimizer, params, grad_clip):
+        self.strategy.engine.step()  # clipping: gradient_clipping in the engine's config
+        return None
+
+    def state_dict(self) -> dict:
+        return {}  # in the engine's checkpoint
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -20,7 +20,7 @@ import yaml
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
 from launcher.recipe_loader import load_recipe
-from launcher.rundir import RunDir, write_atomic
+from launcher.rundir import EXIT_CODE_FILE, RunDir, write_atomic
 
 
 def _say(msg: str) -> None:
@@ -88,13 +88,16 @@ def main(run_dir: str) -> int:
     strategy = None
     try:
         device = resolve_device(cfg.dist.device, env)
-        strategy = make_strategy(cfg.dist.strategy, env, device, cfg.train.precision)
+        strategy = make_strategy(cfg.dist.strategy, env, device, cfg)
         parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
     except LaunchError as e:
         stop.uninstall()
         _say(f"error: {e}")
         if env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
+        elif env.is_main:
+            # tell `launch` (behind torchrun, whose own exit code would be 1) that this was bad input
+            write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
         if strategy is not None:
             strategy.teardown()
         return EXIT_BAD_INPUT
@@ -106,8 +109,10 @@ def main(run_dir: str) -> int:
     status, code, reason = "failed", EXIT_FAILED, None
     try:
         status, code = trainer.fit()
-        if env.is_main and status == "completed":
-            export_model(parts, rd)
+        if status == "completed":
+            weights = strategy.model_state(parts.model)  # collective under ZeRO-3
+            if env.is_main:
+                export_model(weights, cfg, rd)
     except LaunchError as e:
         reason = str(e)
         _say(f"error: {e}")
@@ -175,15 +180,15 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dic
     return summary
 
 
-def export_model(parts, rd: RunDir) -> None:
+def export_model(weights: dict, cfg, rd: RunDir) -> None:
+    """Final weights of the unwrapped model -> model.safetensors (atomically)."""
     from safetensors.torch import save_file
 
     from launcher.runtime.checkpoint import strip_prefixes
 
-    state = strip_prefixes(parts.strategy.unwrap(parts.model).state_dict())
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(weights).items()}
     tmp = rd.model.with_name(f".{rd.model.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"recipe": parts.cfg.recipe})
+    save_file(tensors, str(tmp), metadata={"recipe": cfg.recipe})
     os.replace(tmp, rd.model)
 
 
