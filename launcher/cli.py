@@ -137,7 +137,7 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     from launcher.commands import build_command
     from launcher.plan import make_plan
     from launcher.recipe_loader import recipe_dir_name
-    from launcher.rundir import default_run_name, inspect_run_dir, write_config
+    from launcher.rundir import default_run_name, global_batch_line, inspect_run_dir, write_config
 
     spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
     if show_config:
@@ -173,7 +173,9 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
         return EXIT_COMPLETED
     for key, (old, new) in prepared.safe_changes.items():
         click.echo(f"launch: {key}: {old!r} -> {new!r} (safe for an existing run)", err=True)
-    write_config(prepared, cfg)
+    write_config(prepared, cfg, plan.world_size)
+    if not cfg.log.quiet:
+        click.echo(f"launch: {global_batch_line(cfg, plan.world_size)}", err=True)
     from launcher import spawn
 
     return spawn.run(command, run_path)

@@ -186,12 +186,21 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
     return Prepared(rd, "resume", safe, n_ckpt)
 
 
-def write_config(prepared: Prepared, cfg: Config) -> None:
+def global_batch_line(cfg: Config, processes: int) -> str:
+    t = cfg.train
+    return (
+        f"global batch: {t.batch_size * processes * t.grad_accum_steps} = {t.batch_size} per process"
+        f" x {processes} process(es) x {t.grad_accum_steps} accumulation step(s)"
+    )
+
+
+def write_config(prepared: Prepared, cfg: Config, processes: int = 1) -> None:
     """Create the run directory and write the resolved config (atomically)."""
     path = prepared.run_dir.path
+    header = f"# written by `launch`; read by every worker\n# {global_batch_line(cfg, processes)}\n"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        write_atomic(prepared.run_dir.config, to_yaml(cfg))
+        write_atomic(prepared.run_dir.config, header + to_yaml(cfg))
     except OSError as e:
         raise ConfigError(
             f"cannot write the run directory {path}: {e.strerror}; pass run.output_dir=<a writable directory>"

@@ -91,3 +91,15 @@ def assert_same_weights(a: Path, b: Path) -> None:
     for k in wa:
         assert wa[k].dtype == wb[k].dtype
         assert wa[k].equal(wb[k]), f"{k} differs"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA GPU: skipped cleanly without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -94,3 +94,10 @@ def test_evaluation_cadence_does_not_change_training(tmp_path, tiny):
         assert r.returncode == 0, r.stderr
         weights.append(load_file(str(run_dir(cwd) / "model.safetensors")))
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+
+
+def test_bf16_mixed_on_the_cpu_trains(tmp_path, tiny):
+    r = run_launch([f"recipe={tiny}", *QUIET, "train.epochs=1", "--precision", "bf16-mixed"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = summary(tmp_path)
+    assert s["status"] == "completed" and s["final_metrics"]["train/loss"] > 0

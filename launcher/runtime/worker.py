@@ -290,11 +290,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         manager.clean_partial()
         keep = (trainer.trackers.metrics_offset or 0) if loaded is not None else None
         parts.jsonl = JsonlLogger(rd.metrics, keep)
-    global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * env.world_size
     if loaded is None:
-        info(
-            f"training {cfg.recipe} on {device.type} ({precision.name}); global batch {global_batch}; run directory {rd.path}"
-        )
+        info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
     show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
     parts.console = ConsoleProgress(trainer.total_steps(), trainer.progress.global_step, show_bar)
     return parts, trainer, resumed_from
