@@ -27,6 +27,17 @@ def check_supported(name: str, device: torch.device) -> None:
         )
 
 
+def cast_floats(batch: Any, dtype: torch.dtype) -> Any:
+    """Floating-point tensors of a (nested) batch cast to ``dtype``; everything else unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(cast_floats(b, dtype) for b in batch)
+    if isinstance(batch, dict):
+        return {k: cast_floats(v, dtype) for k, v in batch.items()}
+    return batch
+
+
 class Precision:
     def __init__(self, name: str, device: torch.device) -> None:
         check_supported(name, device)
@@ -45,15 +56,7 @@ class Precision:
         return model.to(torch.bfloat16) if self.name == "bf16-true" else model
 
     def convert_input(self, batch: Any) -> Any:
-        if self.name != "bf16-true":
-            return batch
-        if isinstance(batch, torch.Tensor):
-            return batch.to(torch.bfloat16) if batch.is_floating_point() else batch
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.convert_input(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.convert_input(v) for k, v in batch.items()}
-        return batch
+        return cast_floats(batch, torch.bfloat16) if self.name == "bf16-true" else batch
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:

@@ -372,15 +372,9 @@ class DeepSpeedPrecision:
         return model
 
     def convert_input(self, batch):
-        if self._dtype is None:
-            return batch
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self._dtype) if batch.is_floating_point() else batch
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.convert_input(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.convert_input(v) for k, v in batch.items()}
-        return batch
+        from launcher.runtime.precision import cast_floats
+
+        return batch if self._dtype is None else cast_floats(batch, self._dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.strategy.engine.backward(loss, scale_wrt_gas=False)  # the loop already divided it
