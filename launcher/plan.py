@@ -47,9 +47,12 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
             "dist.strategy=dp (DataParallel) needs CUDA GPUs: on the CPU it would do nothing; "
             "use --procs N for several CPU processes (ddp), or --device cuda"
         )
-    if cfg.train.precision == "fp16-mixed" and d.device in ("cpu", "mps"):
+    device = d.device
+    if strategy == "accelerate" and device == "auto" and gpus is not None:
+        device = "cuda" if gpus else "cpu"  # Accelerate must be told: it cannot "auto" into CPU processes
+    if cfg.train.precision == "fp16-mixed" and device in ("cpu", "mps"):
         raise ConfigError(
-            f"train.precision=fp16-mixed needs a CUDA GPU (device is {d.device}); "
+            f"train.precision=fp16-mixed needs a CUDA GPU (device is {device}); "
             "use --precision bf16-mixed or fp32 on this device"
         )
     if strategy in ("accelerate", "deepspeed") and cfg.train.precision == "bf16-true":
@@ -73,9 +76,6 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
         raise ConfigError(
             f"dist.strategy={strategy} is not available yet in this version; use ddp (--procs N) or single"
         )
-    device = d.device
-    if strategy == "accelerate" and device == "auto" and gpus is not None:
-        device = "cuda" if gpus else "cpu"  # Accelerate must be told: it cannot "auto" into CPU processes
     return Plan(
         strategy=strategy, device=device, procs_per_node=d.procs, nodes=d.nodes, launcher=STRATEGY_LAUNCHER[strategy]
     )

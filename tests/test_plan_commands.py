@@ -172,3 +172,11 @@ def test_deepspeed_section_is_validated():
         cfg_with(("deepspeed.stage", "2"), ("deepspeed.offload_param", "true"))
     with pytest.raises(ConfigError, match="deepspeed.stage"):
         cfg_with(("deepspeed.stage", "4"))
+
+
+def test_accelerate_auto_device_is_settled_in_the_parent_and_fp16_refused_on_cpu():
+    cfg = cfg_with(("dist.strategy", "accelerate"), ("dist.procs", "2"))
+    assert make_plan(cfg, gpus=0).device == "cpu"
+    assert make_plan(cfg, gpus=2).device == "cuda"
+    with pytest.raises(ConfigError, match="fp16-mixed needs a CUDA GPU"):
+        make_plan(cfg_with(("dist.strategy", "accelerate"), ("train.precision", "fp16-mixed")), gpus=0)

@@ -183,6 +183,9 @@ class Accelerate(DDP):
         import torch.distributed as dist
         from accelerate import Accelerator
 
+        from launcher.runtime.precision import check_supported
+
+        check_supported(precision, device)  # Accelerate itself would silently ignore fp16 on the CPU
         mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(precision)
         if mp is None:
             raise LaunchError(f"train.precision={precision} is not supported with Accelerate; use fp32 or bf16-mixed")
@@ -273,7 +276,10 @@ class DeepSpeed(DDP):
         import torch.distributed as dist
 
         Single.__init__(self, env, device)
+        from launcher.runtime.precision import check_supported
+
         precision = cfg.train.precision
+        check_supported(precision, device)
         if precision not in ("fp32", "bf16-mixed", "fp16-mixed"):
             raise LaunchError(f"train.precision={precision} is not supported with deepspeed; use fp32 or bf16-mixed")
         if device.type == "cuda":
