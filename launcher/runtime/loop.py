@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +25,6 @@ class Progress:
     global_step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs completed
     batch_in_epoch: int = 0  # micro-batches of the current epoch consumed by this rank
-    samples_seen: int = 0  # global (all ranks)
     wall_time: float = 0.0  # seconds spent training before this attempt
     world_size: int = 1  # processes when the checkpoint was taken
 
@@ -135,7 +135,8 @@ class Trainer:
         if self.p.scheduler is not None and state[ckpt.K_SCHEDULER]:
             self.p.scheduler.load_state_dict(state[ckpt.K_SCHEDULER])
         self.p.precision.load_state_dict(state[ckpt.K_SCALER])
-        self.progress = Progress(**state[ckpt.K_PROGRESS])
+        known = Progress.__dataclass_fields__
+        self.progress = Progress(**{k: v for k, v in state[ckpt.K_PROGRESS].items() if k in known})
         old_world = self.progress.world_size
         if old_world != self.p.world_size:
             # Another process count: keep the share of the epoch already seen. Each rank had
@@ -331,7 +332,6 @@ class Trainer:
                 if finished or step >= max_steps:
                     finished = True
                     break
-            prog.samples_seen = prog.global_step * t.batch_size * accum * p.world_size
             if prog.batch_in_epoch >= n_batches:  # the epoch is complete
                 prog.epoch += 1
                 prog.batch_in_epoch = 0
@@ -355,12 +355,4 @@ class Trainer:
         return status, EXIT_FOR.get(status, 130)
 
 
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()
+_NULL = nullcontext()  # reusable: no object per step
