@@ -79,6 +79,14 @@ def wait_for_training(cwd: Path, proc: subprocess.Popen, timeout: float = 60) ->
     raise AssertionError("training did not start")
 
 
+def make_dirs(root: Path, *names: str) -> list[Path]:
+    """Fresh working directories under ``root`` (e.g. a reference run and an interrupted one)."""
+    dirs = [root / n for n in names]
+    for d in dirs:
+        d.mkdir()
+    return dirs
+
+
 def has_checkpoint(cwd: Path) -> bool:
     return any((cwd / "runs").glob("*/*/checkpoints/step-*/COMPLETE"))
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_same_weights, has_checkpoint, read_jsonl, run_launch, start
+from tests.conftest import assert_same_weights, has_checkpoint, make_dirs, read_jsonl, run_launch, start
 
 # no dropout and no noise: the per-rank random streams then cannot matter
 EXACT = ["model.dropout=0", "data.noise=0", "log.quiet=true", "train.log_every=1", "data.size=160"]
@@ -74,9 +74,7 @@ def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
         "data.step_delay=0.02",
         "checkpoint.every_steps=3",
     ]
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    ref.mkdir()
-    killed.mkdir()
+    ref, killed = make_dirs(tmp_path, "ref", "killed")
     r = run_launch(args, ref)
     assert r.returncode == 0, r.stderr
     rng = random.Random(11)
@@ -162,23 +160,20 @@ def test_a_single_process_run_resumes_under_two_processes(tmp_path, tiny, second
     assert s["epochs"] == 3 and s["global_step"] == 13 + 2 + 4
 
 
+# two CPU processes under DeepSpeed
+DEEPSPEED_2 = ["--procs", "2", "--device", "cpu", "--strategy", "deepspeed"]
+
+
 def test_deepspeed_resumes_through_its_engine_exactly(tmp_path, tiny):
     args = [
         f"recipe={tiny}",
         "log.quiet=true",
         "run.name=d",
-        "--procs",
-        "2",
-        "--device",
-        "cpu",
-        "--strategy",
-        "deepspeed",
+        *DEEPSPEED_2,
         "train.epochs=3",
         "train.grad_accum_steps=2",
     ]
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    ref.mkdir()
-    cut.mkdir()
+    ref, cut = make_dirs(tmp_path, "ref", "cut")
     assert run_launch(args, ref).returncode == 0
     r = run_launch([*args, "train.max_steps=3"], cut)  # stops mid-epoch 2 (2 steps per epoch)
     assert r.returncode == 0, r.stderr
@@ -199,12 +194,7 @@ def test_deepspeed_zero3_bf16_runs_and_exports_full_weights(tmp_path, tiny):
             f"recipe={tiny}",
             "log.quiet=true",
             "run.name=z3",
-            "--procs",
-            "2",
-            "--device",
-            "cpu",
-            "--strategy",
-            "deepspeed",
+            *DEEPSPEED_2,
             "deepspeed.stage=3",
             "--precision",
             "bf16-mixed",

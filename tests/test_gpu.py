@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_same_weights, run_launch
+from tests.conftest import assert_same_weights, make_dirs, run_launch
 
 pytestmark = pytest.mark.gpu
 FAST = ["data.image_size=32", "train.max_steps=6", "train.log_every=1", "log.quiet=true"]
@@ -55,9 +55,7 @@ def test_fp16_scaler_state_is_checkpointed_and_resume_is_exact(tmp_path):
         "log.quiet=true",
         "run.deterministic=true",
     ]
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    ref.mkdir()
-    cut.mkdir()
+    ref, cut = make_dirs(tmp_path, "ref", "cut")
     assert run_launch(args, ref).returncode == 0
     assert run_launch([*args, "train.max_steps=7"], cut).returncode == 0
     state = torch.load(
