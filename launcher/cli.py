@@ -31,6 +31,8 @@ Examples:
   launch recipe=my_pkg.module:MyRecipe                your own recipe
   launch --list
 
+Other commands: launch status RUN_DIR, launch cancel RUN_DIR (Slurm jobs).
+
 Running the same command again resumes the newest complete checkpoint, or says the run is
 complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C), 143 preempted.
 """
@@ -181,15 +183,35 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     return spawn.run(command, run_path)
 
 
+# `launch NAME ...` for these names runs another click command ("module:attribute", imported lazily so
+# that `launch --help` stays instant). Anything else is a training command (`launch recipe=...`).
+SUBCOMMANDS: dict[str, str] = {
+    "status": "launcher.slurm:status_command",
+    "cancel": "launcher.slurm:cancel_command",
+}
+
+
+def _command_for(argv: list[str]) -> tuple[click.Command, list[str], str]:
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        module, attr = SUBCOMMANDS[argv[0]].split(":")
+        return getattr(importlib.import_module(module), attr), argv[1:], f"launch {argv[0]}"
+    return launch, argv, "launch"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every user-fixable problem is one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "launch"
     try:
-        code = launch.main(args=argv, prog_name="launch", standalone_mode=False)
+        command, args, prog = _command_for(argv)
+        code = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click detail
         click.echo(e.format_message())
         code = EXIT_COMPLETED
     except click.UsageError as e:
-        click.echo(f"error: {e.format_message()} (see `launch --help`)", err=True)
+        click.echo(f"error: {e.format_message()} (see `{prog} --help`)", err=True)
         code = EXIT_BAD_INPUT
     except LaunchError as e:
         click.echo(f"error: {e}", err=True)

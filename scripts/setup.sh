@@ -16,6 +16,22 @@ if [ ! -x .venv/bin/python ]; then
     exit 2
   }
 fi
+# System packages (Debian, as root): ffmpeg for torchaudio.load (YESNO), espeak-ng to make spoken test
+# data, and Slurm + munge for the local test cluster (slurm/cluster.sh). Skipped when all are present.
+APT_PACKAGES="ffmpeg espeak-ng slurmctld slurmd slurm-client munge"
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    echo "setup: apt-get install$missing" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+elif ! command -v ffmpeg >/dev/null; then
+  echo "setup: note: not root or no apt-get; install ffmpeg (audio), espeak-ng and slurm yourself if you need them" >&2
+fi
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing into .venv (first time: a few minutes, ~5 GB)" >&2
