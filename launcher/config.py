@@ -78,6 +78,8 @@ class TrainSection(Section):
     eval_every: int = Field(0, ge=0, description="evaluate every N optimizer steps (0: at epoch ends only)")
     log_every: int = Field(10, ge=1, description="log train metrics every N optimizer steps")
     precision: Precision = "fp32"
+    compile: bool = Field(False, description="torch.compile the model for training (evaluation stays eager)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
 
     @model_validator(mode="after")
@@ -196,6 +198,8 @@ RESUME_SAFE_KEYS = (
     "train.max_steps",
     "train.eval_every",
     "train.log_every",
+    "train.compile",  # checkpoints hold the same keys with and without it
+    "train.compile_mode",
 )
 
 

@@ -62,7 +62,15 @@ class Single:
     def model_state(self, model: torch.nn.Module) -> dict:
         return self.unwrap(model).state_dict()
 
+    def compile(self, model: torch.nn.Module, mode: str) -> torch.nn.Module:
+        """``train.compile``: torch.compile the wrapped model (after DDP wrapping, so that
+        compiled DDP splits its graph at bucket boundaries and keeps overlapping communication).
+        ``unwrap`` still returns the plain module: checkpoints and exports have the same keys
+        with and without compile, and evaluation runs the plain module."""
+        return torch.compile(model, mode=None if mode == "default" else mode)
+
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
         return getattr(model, "module", model)
 
     def no_sync(self, model: torch.nn.Module):
@@ -207,7 +215,7 @@ class Accelerate(DDP):
         return self.accelerator.prepare(model, optimizer)
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(model)
+        return self.accelerator.unwrap_model(getattr(model, "_orig_mod", model))
 
     def no_sync(self, model: torch.nn.Module):
         return self.accelerator.no_sync(model)
@@ -328,6 +336,9 @@ class DeepSpeed(DDP):
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.engine.module if self.engine is not None else model
+
+    def compile(self, model: torch.nn.Module, mode: str) -> torch.nn.Module:
+        raise LaunchError("train.compile=true is not supported with --strategy deepspeed; use ddp or drop the key")
 
     @contextmanager
     def no_sync(self, model):

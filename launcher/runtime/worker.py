@@ -249,6 +249,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
 
     optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
     model, optimizer = strategy.prepare(model, optimizer)
+    if cfg.train.compile:
+        model = strategy.compile(model, cfg.train.compile_mode)  # lazily: compiles at the first step
     c = cfg.checkpoint
     manager = ckpt.CheckpointManager(
         rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
