@@ -148,11 +148,16 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     from launcher.hardware import free_port, visible_gpus
 
     ask_gpus = cfg.dist.device == "cuda" or (cfg.dist.device == "auto" and cfg.dist.strategy == "accelerate")
-    plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus else None)
+    # with --slurm the GPUs are on the compute nodes, not here
+    plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus and not cfg.slurm.enabled else None)
     if cfg.run.name is None:
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
     prepared = inspect_run_dir(cfg, run_path)
+    if plan.launcher == "slurm":
+        from launcher.slurm import submit_run
+
+        return submit_run(cfg, plan, prepared, dry_run)
     port = free_port() if plan.launcher == "accelerate" and plan.procs_per_node > 1 else None
     command = build_command(plan, cfg, run_path, port=port)
     if dry_run:

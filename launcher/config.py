@@ -139,6 +139,9 @@ class DistSection(Section):
     procs: int = Field(1, ge=1, description="processes per node")
     nodes: int = Field(1, ge=1)
     strategy: Literal["auto", "single", "dp", "ddp", "accelerate", "deepspeed"] = "auto"
+    timeout_s: int = Field(
+        300, ge=5, description="seconds to wait for the other processes at start-up (rendezvous) and in collectives"
+    )
 
 
 class DeepSpeedSection(Section):
@@ -155,8 +158,59 @@ class DeepSpeedSection(Section):
         return self
 
 
+# Slurm's --time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds.
+_SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d+(:\d{1,2}){0,2}")
+_SLURM_MEM = re.compile(r"\d+[KMGT]?")
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+\-]+")  # partition, account, qos names
+_SLURM_SIGNAL = re.compile(r"(SIG)?(USR1|USR2|TERM|INT|HUP|URG)|\d{1,2}")
+
+
 class SlurmSection(Section):
+    """sbatch settings. Every value lands in ``submit.sbatch`` (``--slurm --dry-run`` prints it)."""
+
     enabled: bool = Field(False, description="submit with sbatch instead of running here (--slurm)")
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: Optional[str] = Field(None, description="time limit, e.g. 04:00:00 or 1-12:00:00")
+    constraint: Optional[str] = Field(None, description="node features, e.g. a100|h100")
+    mem: Optional[str] = Field(None, description="memory per node, e.g. 64G")
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    exclusive: bool = False
+    job_name: Optional[str] = Field(None, description="default: the run's name")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before training (module load ...)")
+    extra: list[str] = Field(default_factory=list, description="raw sbatch flags, e.g. --reservation=big")
+    signal: str = Field("USR2", description="warning signal before the time limit (checkpoint + requeue)")
+    signal_lead_s: int = Field(120, ge=1, description="seconds before the time limit the signal is sent")
+    max_requeues: int = Field(3, ge=0, description="times the job requeues itself after a preemption")
+    python: Optional[str] = Field(None, description="interpreter on the nodes; default: the one that submitted")
+
+    @model_validator(mode="after")
+    def _check(self) -> SlurmSection:
+        for key in ("partition", "account", "qos"):
+            value = getattr(self, key)
+            if value is not None and not _SLURM_NAME.fullmatch(value):
+                raise ValueError(f"slurm.{key}={value!r} is not a Slurm name (letters, digits, _ . + -)")
+        if self.time is not None and not _SLURM_TIME.fullmatch(self.time):
+            raise ValueError(
+                f"slurm.time={self.time!r} is not a Slurm time; use MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 04:00:00)"
+            )
+        if self.mem is not None and not _SLURM_MEM.fullmatch(self.mem.upper()):
+            raise ValueError(f"slurm.mem={self.mem!r} is not a Slurm memory size; use e.g. 64G or 4000M")
+        if not _SLURM_SIGNAL.fullmatch(self.signal.upper()):
+            raise ValueError(f"slurm.signal={self.signal!r} is not a signal name Slurm accepts; use e.g. USR2")
+        for key in ("constraint", "job_name", "python"):
+            value = getattr(self, key)
+            if value is not None and (not value or not value.isprintable()):
+                raise ValueError(f"slurm.{key}={value!r} must be one printable line")
+        for flag in self.extra:
+            if not flag.startswith("-") or not flag.isprintable():
+                raise ValueError(f"slurm.extra item {flag!r} must be one sbatch flag such as --reservation=NAME")
+        for line in self.setup:
+            if "\n" in line or "\r" in line:
+                raise ValueError("slurm.setup takes a list of single shell lines; split multi-line text into items")
+        return self
 
 
 class Config(Section):
@@ -186,6 +240,7 @@ OPERATIONAL_KEYS = (
     "checkpoint.",
     "log.",
     "slurm.",
+    "dist.timeout_s",
 )
 # Keys that may change between a run and its resumption without changing what was computed so
 # far (more epochs, a step cap, evaluation cadence, data moved to another folder, another strategy

@@ -68,14 +68,19 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
                 f"asked for {needed} GPU process(es) but no CUDA GPU is visible here; use --procs {needed} --device cpu"
             )
         raise ConfigError(f"asked for {needed} GPUs but this node has {gpus} visible; use --gpus {gpus}")
-    if cfg.slurm.enabled:
-        raise ConfigError("--slurm is not available yet in this version; run without --slurm")
-    if d.nodes > 1:
-        raise ConfigError(f"--nodes {d.nodes} needs a cluster: add --slurm (or use --procs N on one node)")
+    if d.nodes > 1 and not cfg.slurm.enabled:
+        raise ConfigError(
+            f"--nodes {d.nodes} needs a cluster: add --slurm to submit to Slurm (or use --procs N on this one node)"
+        )
     if strategy not in STRATEGY_LAUNCHER:
         raise ConfigError(
             f"dist.strategy={strategy} is not available yet in this version; use ddp (--procs N) or single"
         )
-    return Plan(
-        strategy=strategy, device=device, procs_per_node=d.procs, nodes=d.nodes, launcher=STRATEGY_LAUNCHER[strategy]
-    )
+    launcher = STRATEGY_LAUNCHER[strategy]
+    if cfg.slurm.enabled:
+        if strategy == "accelerate":
+            raise ConfigError(
+                "--strategy accelerate is not supported with --slurm; use ddp or deepspeed (srun starts the processes)"
+            )
+        launcher = "slurm"  # srun starts one task per process on every node
+    return Plan(strategy=strategy, device=device, procs_per_node=d.procs, nodes=d.nodes, launcher=launcher)

@@ -39,3 +39,19 @@ class DistEnv:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", "29500")),
         )
+
+
+def torch_env_from_slurm(environ: Mapping[str, str]) -> dict[str, str]:
+    """Inside an srun task started by our batch script (``LAUNCHER_SLURM=1``): the SLURM_*
+    variables -> what torch.distributed and DeepSpeed read. Empty anywhere else."""
+    if environ.get("LAUNCHER_SLURM") != "1" or "SLURM_PROCID" not in environ:
+        return {}
+    ntasks = int(environ.get("SLURM_NTASKS", "1"))
+    nodes = int(environ.get("SLURM_NNODES", environ.get("SLURM_JOB_NUM_NODES", "1")))
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nodes))),
+        "GROUP_RANK": environ.get("SLURM_NODEID", "0"),
+    }

@@ -104,6 +104,15 @@ class DataParallel(Single):
         return torch.nn.DataParallel(model)
 
 
+def rendezvous_failure(env: DistEnv, timeout_s: float, error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return (
+        f"rank {env.rank} of {env.world_size} could not join the others at {env.master_addr}:{env.master_port} "
+        f"within dist.timeout_s={timeout_s:g} ({first}); check that every node can reach that address "
+        "(MASTER_ADDR/MASTER_PORT) and that all processes started"
+    )
+
+
 class DDP(Single):
     """DistributedDataParallel, one process per device (gloo on CPU, NCCL on CUDA)."""
 
@@ -119,13 +128,16 @@ class DDP(Single):
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend,
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-            device_id=device if device.type == "cuda" else None,
-        )
+        try:
+            dist.init_process_group(
+                backend,
+                rank=env.rank,
+                world_size=env.world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+                device_id=device if device.type == "cuda" else None,
+            )
+        except (RuntimeError, ValueError) as e:  # DistStoreError / DistNetworkError are RuntimeErrors
+            raise LaunchError(rendezvous_failure(env, timeout_s, e)) from None
         self._reduce_device = device if backend == "nccl" else torch.device("cpu")
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -175,7 +187,7 @@ def make_strategy(name: str, env: DistEnv, device: torch.device, cfg) -> Single:
                 f"{env.local_world_size} processes on this node but only {torch.cuda.device_count()} GPU(s); "
                 f"use --gpus {torch.cuda.device_count()}"
             )
-        return DDP(env, device)
+        return DDP(env, device, timeout_s=cfg.dist.timeout_s)
     if name == "dp":
         return DataParallel(env, device)
     return Single(env, device)
@@ -294,7 +306,7 @@ class DeepSpeed(DDP):
             torch.cuda.set_device(device)
         deepspeed.init_distributed(
             dist_backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=300),
+            timeout=datetime.timedelta(seconds=cfg.dist.timeout_s),
             verbose=False,
         )
         self.dist = dist

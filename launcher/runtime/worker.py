@@ -63,9 +63,11 @@ def main(run_dir: str) -> int:
     """Run (or resume) the training described by ``RUN_DIR/config.yaml``. Returns the exit code."""
     import torch  # noqa: F401  (first torch import of a single-process run happens here)
 
-    from launcher.runtime.env import DistEnv
+    from launcher.runtime.env import DistEnv, torch_env_from_slurm
 
     rd = RunDir(Path(run_dir))
+    under_slurm = bool(torch_env_from_slurm(os.environ))
+    os.environ.update(torch_env_from_slurm(os.environ))  # an srun task of our batch script
     env = DistEnv.from_environ(os.environ)
     start = time.time()
     try:
@@ -93,7 +95,10 @@ def main(run_dir: str) -> int:
     except LaunchError as e:
         stop.uninstall()
         _say(f"error: {e}")
-        if env.is_main and _is_disposable(rd):
+        if env.is_main and under_slurm:
+            # the job's record (submit.sbatch, logs) stays; `launch status` shows the reason
+            write_summary(rd, {"status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
+        elif env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
         elif env.is_main:
             # tell `launch` (behind torchrun, whose own exit code would be 1) that this was bad input
@@ -155,6 +160,11 @@ def _redirect_output(rd: RunDir, rank: int) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    import socket
+
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    world = os.environ.get("WORLD_SIZE", "?")
+    _say(f"launch: rank {rank} of {world} on {node} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})")
 
 
 def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dict:
