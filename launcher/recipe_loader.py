@@ -8,15 +8,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError
 from recipes import BUILTIN
-from recipes.base import REQUIRED_METHODS, Recipe
+
+if TYPE_CHECKING:
+    from recipes.base import Recipe
+
+# launcher.config (pydantic) and recipes.base are imported where needed: `launch --list` reads
+# the built-in recipes' descriptions from their source and stays free of both.
 
 
 def normalize_spec(spec: str) -> str:
@@ -82,6 +86,8 @@ def load_recipe(spec: str) -> type[Recipe]:
             ) from None
     cls = getattr(module, cls_name, None)
     if cls is None:
+        import inspect
+
         names = [
             n
             for n, v in vars(module).items()
@@ -95,6 +101,11 @@ def load_recipe(spec: str) -> type[Recipe]:
 
 def check_contract(cls: object, spec: str) -> None:
     """A recipe must be a class that implements the required methods and declares valid sections."""
+    import inspect
+
+    from launcher.config import DataSection, ModelSection
+    from recipes.base import REQUIRED_METHODS, Recipe
+
     if not inspect.isclass(cls):
         raise ConfigError(f"recipe {spec!r} is not a class; point recipe= at a Recipe subclass")
     missing = [
@@ -116,8 +127,35 @@ def check_contract(cls: object, spec: str) -> None:
                 setattr(cls, attr, getattr(Recipe, attr))
 
 
+def static_description(target: str) -> str | None:
+    """The literal ``description = "..."`` in the body of the class ``module:Class``, read from
+    the module's source without importing it (no pydantic, no torch); None if there is none."""
+    import ast
+
+    module_part, _, cls_name = target.rpartition(":")
+    try:
+        spec = importlib.util.find_spec(module_part)
+        source = Path(spec.origin).read_text() if spec and spec.origin and spec.origin.endswith(".py") else None
+        tree = ast.parse(source) if source is not None else None
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return None
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            for stmt in node.body:
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+                if any(isinstance(t, ast.Name) and t.id == "description" for t in targets):
+                    value = stmt.value
+                    ok = isinstance(value, ast.Constant) and isinstance(value.value, str) and value.value
+                    return value.value if ok else None
+    return None
+
+
 def describe(spec: str) -> str:
     """One line for ``launch --list``."""
+    if spec in BUILTIN:
+        fast = static_description(BUILTIN[spec])
+        if fast:
+            return fast
     try:
         cls = load_recipe(spec)
     except ConfigError as e:

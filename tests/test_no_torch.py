@@ -68,3 +68,22 @@ def test_cli_answers_without_torch(tmp_path, argv, exit_code, needle):
     assert needle in proc.stdout + proc.stderr
     assert heavy_modules(proc) == []
     assert list(tmp_path.iterdir()) == []  # and wrote nothing
+
+
+def test_list_reads_descriptions_without_importing_recipes(tmp_path):
+    """`launch --list` reads the built-in recipes' descriptions from their source: no pydantic either."""
+    body = RUN_MAIN.format(argv=["--list"]) + "\nprint('PYDANTIC=' + str('pydantic' in sys.modules))"
+    proc = probe(body, tmp_path)
+    assert "EXIT=0" in proc.stdout.splitlines()
+    assert "PYDANTIC=False" in proc.stdout.splitlines()
+    assert heavy_modules(proc) == []
+
+
+def test_static_descriptions_match_the_classes():
+    from launcher.recipe_loader import load_recipe, static_description
+    from recipes import BUILTIN
+
+    for name, target in BUILTIN.items():
+        assert static_description(target) == load_recipe(name).description, name
+    assert static_description("recipes.no_such_module:X") is None
+    assert static_description("recipes.base:Recipe") is None  # description = "" (not a usable literal)
