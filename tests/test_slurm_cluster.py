@@ -139,9 +139,9 @@ def test_preemption_signals_requeue_and_resume_bit_exact(tmp_path, reference):
 
 
 def test_cancel_does_not_requeue_and_the_same_command_resumes(tmp_path, reference):
-    args = [*BASE, "--slurm", "--nodes", "2", *SLOW]
+    args = [*BASE, "--slurm", "--nodes", "2", "data.step_delay=0.8", "checkpoint.every_steps=100"]
     run_dir, job_id = submit(args, tmp_path)
-    wait_until(lambda: trained_in_attempt(run_dir, job_id, 0, 3), 120, "training")
+    wait_until(lambda: trained_in_attempt(run_dir, job_id, 0, 2), 120, "training")
     # the same command while the job runs: it says so and submits nothing
     r = run_launch(args, tmp_path)
     assert r.returncode == 0 and f"already has Slurm job {job_id}" in r.stdout
@@ -151,6 +151,8 @@ def test_cancel_does_not_requeue_and_the_same_command_resumes(tmp_path, referenc
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
     time.sleep(7)  # longer than the requeue hold-off: it must still be cancelled
     assert job_info(job_id)["JobState"] == "CANCELLED"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["global_step"] < 12, summary  # stopped at a step boundary
 
     run_dir2, job2 = submit(args, tmp_path)
     assert run_dir2 == run_dir and job2 != job_id
