@@ -197,3 +197,18 @@ def test_a_missing_rendezvous_fails_in_bounded_time_with_a_message(tmp_path, ran
     assert time.time() - started < 60
     out = r.stderr if rank == 0 else (run_dir / "logs" / "rank-1.log").read_text()
     assert f"rank {rank} of 2 could not join the others at 127.0.0.1" in out, out
+
+
+def test_status_and_cancel_name_what_is_wrong(tmp_path):
+    r = run_launch(["status", str(tmp_path / "missing")], tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+    r = run_launch(["status", str(tmp_path)], tmp_path)
+    assert r.returncode == 2 and "not a run directory" in r.stderr
+    # a local run: status works, cancel explains that it is not a Slurm job
+    r = run_launch([f"recipe={TINY}", "train.epochs=1", "log.quiet=true"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = (tmp_path / "runs").glob("*/*")
+    r = run_launch(["status", str(run_dir)], tmp_path)
+    assert r.returncode == 0 and "status:     completed" in r.stdout and "checkpoint: " in r.stdout
+    r = run_launch(["cancel", str(run_dir)], tmp_path)
+    assert r.returncode == 2 and "was not submitted to Slurm" in r.stderr
