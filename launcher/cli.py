@@ -154,6 +154,9 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
     prepared = inspect_run_dir(cfg, run_path)
+    from launcher.logsetup import check_logging
+
+    check_logging(cfg, run_path)  # backend packages installed, log.dir writable
     if plan.launcher == "slurm":
         from launcher.slurm import submit_run
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from launcher.errors import ConfigError
 
@@ -121,16 +121,53 @@ class CheckpointSection(Section):
     )
 
 
+LOG_BACKENDS = ("jsonl", "console", "wandb", "tensorboard")
+
+
+class WandbSection(Section):
+    project: Optional[str] = Field(None, description="default: the recipe's directory name")
+    entity: Optional[str] = Field(None, description="team or user; default: your wandb default")
+    name: Optional[str] = Field(None, description="display name; default: run.name")
+    group: Optional[str] = None
+    tags: list[str] = Field(default_factory=list)
+    mode: Literal["auto", "online", "offline"] = Field(
+        "auto", description="auto: online when an API key and the server are reachable, else offline (WANDB_MODE wins)"
+    )
+    init_timeout: float = Field(30.0, gt=0, description="seconds wandb may take to start an online run")
+
+
+class TensorBoardSection(Section):
+    histograms: bool = Field(False, description="weight and gradient histograms")
+    histogram_every: int = Field(0, ge=0, description="optimizer steps between histograms (0: 10 x train.log_every)")
+    graph: bool = Field(False, description="the model graph (traced once from the first batch)")
+
+
 class LogSection(Section):
-    backends: list[str] = Field(default_factory=lambda: ["jsonl", "console"])
+    backends: list[str] = Field(
+        default_factory=lambda: ["jsonl", "console"],
+        description="jsonl (metrics.jsonl, always written) | console | wandb | tensorboard",
+    )
     quiet: bool = False
+    dir: Optional[str] = Field(
+        None, description="where tensorboard/ and wandb/ go (<dir>/<recipe>/<run.name>/); default: the run directory"
+    )
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    tensorboard: TensorBoardSection = Field(default_factory=TensorBoardSection)
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return [b.strip() for b in value.split(",") if b.strip()] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self) -> LogSection:
-        known = ("jsonl", "console")
         for b in self.backends:
-            if b not in known:
-                raise ValueError(f"unknown log backend {b!r}; known: {', '.join(known)}")
+            if b not in LOG_BACKENDS:
+                close = difflib.get_close_matches(b, LOG_BACKENDS, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ValueError(f"unknown log backend {b!r}; {hint}known: {', '.join(LOG_BACKENDS)}")
+        if self.dir is not None and not self.dir.strip():
+            raise ValueError("log.dir must be a directory path (or null for the run directory)")
         return self
 
 

@@ -7,7 +7,10 @@ Layout (a contract users script against)::
         metrics.jsonl        one JSON object per log event
         checkpoints/step-N/  complete checkpoints carry a COMPLETE marker
         model.safetensors    final weights of the unwrapped model
-        summary.json         status, steps, best/final metrics, wall time
+        summary.json         status, steps, best/final metrics, wall time, totals (throughput, memory)
+        wandb_id             the wandb run id (log.backends with wandb): every attempt continues that run
+        tensorboard/ wandb/  backend files (or under log.dir)
+        report/              `launch report` plots and summary table
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
+WANDB_ID_FILE = "wandb_id"
+REPORT_DIR = "report"
 EXIT_CODE_FILE = ".exit_code"  # bad input found by a worker, for `launch` behind a multi-process launcher
 CHECKPOINT_PREFIX = "step-"
 

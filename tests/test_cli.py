@@ -354,7 +354,7 @@ BAD_INPUTS = {
     "negative lr": (_const(R, "train.lr=-1"), "bad value train.lr"),
     "zero batch": (_const(R, "train.batch_size=0"), "bad value train.batch_size"),
     "multistep": (_const(R, "train.scheduler=multistep"), "needs train.milestones"),
-    "log backend": (_const(R, "log.backends=[wandb]"), "unknown log backend 'wandb'"),
+    "log backend": (_const(R, "log.backends=[wandbb]"), "unknown log backend 'wandbb'; did you mean wandb?"),
     "not key=value": (_const(R, "train.lr"), "expected key=value"),
     "unknown option": (_const(R, "--bogus"), "No such option '--bogus'"),
     "bad option value": (_const(R, "--procs", "0"), "--procs"),

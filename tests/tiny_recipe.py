@@ -22,11 +22,12 @@ class TinyData(DataSection):
     noise: float = Field(0.1, ge=0)
     fail_at_item: int = Field(-1, description="raise in __getitem__ of this index (tests of failures)")
     step_delay: float = Field(0.0, ge=0, description="seconds to sleep per batch (slows runs down for kill tests)")
+    item_delay: float = Field(0.0, ge=0, description="seconds to sleep per training sample loaded (a slow loader)")
 
 
 class _Noisy:
-    def __init__(self, x, y, noise, fail_at):
-        self.x, self.y, self.noise, self.fail_at = x, y, noise, fail_at
+    def __init__(self, x, y, noise, fail_at, delay=0.0):
+        self.x, self.y, self.noise, self.fail_at, self.delay = x, y, noise, fail_at, delay
 
     def __len__(self):
         return len(self.y)
@@ -36,6 +37,10 @@ class _Noisy:
 
         if i == self.fail_at:
             raise ValueError(f"broken sample {i}")
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         return self.x[i] + self.noise * torch.randn_like(self.x[i]), self.y[i]
 
 
@@ -66,7 +71,7 @@ class Tiny(Recipe):
         x = torch.randn(d.size, d.features, generator=g)
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
         n_val = d.size // 4
-        train = _Noisy(x[n_val:], y[n_val:], d.noise, d.fail_at_item)
+        train = _Noisy(x[n_val:], y[n_val:], d.noise, d.fail_at_item, d.item_delay)
         val = _Noisy(x[:n_val], y[:n_val], 0.0, -1)
         return train, val
 

@@ -4,6 +4,7 @@ stop requests. Everything a recipe does not supply."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 import uuid
 from contextlib import nullcontext
@@ -40,6 +41,17 @@ class Trackers:
     last_val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
     metrics_offset: int | None = None  # length of metrics.jsonl when the checkpoint was taken
+    # totals over all attempts (up to the checkpoint), reported in summary.json
+    samples_trained: int = 0
+    time_train: float = 0.0  # seconds of training steps (evaluations and checkpoints excluded)
+    time_data_wait: float = 0.0  # ... of which spent waiting for the data loader
+    time_eval: float = 0.0
+    time_checkpoint: float = 0.0
+    epoch_start: float = 0.0  # wall_time() when the current epoch began
+    epoch_times: list[float] = field(default_factory=list)
+    rss_peak_mb: float = 0.0
+    cuda_peak_mb: float | None = None
+    wandb_id: str | None = None  # the wandb run this run logs to (also in the run directory)
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -69,7 +81,7 @@ class Parts:
     checkpoints: ckpt.CheckpointManager
     run_dir: Any
     stop: Any
-    jsonl: Any
+    loggers: Any  # launcher.runtime.loggers.Loggers on rank 0, None elsewhere
     console: Any
     info: Any
     world_size: int = 1
@@ -84,6 +96,12 @@ class Trainer:
         self.window: dict[str, Any] = {}
         self.window_samples = 0
         self.window_start = time.perf_counter()
+        self.window_carry = 0.0  # training seconds of the current window before this attempt
+        self.window_wait = 0.0  # seconds of the window spent waiting for data
+        self.window_other = 0.0  # seconds of the window spent evaluating and checkpointing
+        self.window_step0 = 0  # global step when the window began
+        self.grad_norm: Any = None  # of the step `grad_norm_step` (a tensor until logged)
+        self.grad_norm_step = -1
         self.attempt_start = time.perf_counter()
         self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
         self.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -94,8 +112,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         sched = self.p.scheduler
-        if self.p.jsonl is not None:
-            self.trackers.metrics_offset = self.p.jsonl.offset()
+        if self.p.loggers is not None:
+            self.trackers.metrics_offset = self.p.loggers.offset()
         return {
             ckpt.K_OPTIMIZER: {} if self.p.strategy.owns_checkpoint_state else self.p.optimizer.state_dict(),
             ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
@@ -108,6 +126,9 @@ class Trainer:
                     k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self.window.items()
                 },
                 "window_samples": self.window_samples,
+                "window_time": self._window_train_time(),
+                "window_wait": self.window_wait,
+                "window_step0": self.window_step0,
             },
             ckpt.K_RECIPE: self.cfg.recipe,
         }
@@ -148,6 +169,9 @@ class Trainer:
         tr = dict(state[ckpt.K_TRACKERS])
         window = tr.pop("window", {})
         self.window_samples = tr.pop("window_samples", 0)
+        self.window_carry = tr.pop("window_time", 0.0)
+        self.window_wait = tr.pop("window_wait", 0.0)
+        self.window_step0 = tr.pop("window_step0", self.progress.global_step)
         device = self.p.strategy.device
         self.window = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in window.items()}
         self.trackers = Trackers(**tr)
@@ -157,8 +181,33 @@ class Trainer:
     def wall_time(self) -> float:
         return self.progress.wall_time + (time.perf_counter() - self.attempt_start)
 
+    def totals(self) -> dict[str, Any]:
+        """Totals over every attempt (for summary.json), named like the per-window metrics."""
+        t = self.trackers
+        train = t.time_train
+        return {
+            "samples_per_sec": t.samples_trained / train if train > 0 else None,
+            "time/train_sec": train,
+            "time/data_wait_sec": t.time_data_wait,
+            "time/data_wait_frac": t.time_data_wait / train if train > 0 else None,
+            "time/eval_sec": t.time_eval,
+            "time/checkpoint_sec": t.time_checkpoint,
+            "time/epoch_sec": list(t.epoch_times),
+            "memory/rss_peak_mb": max(t.rss_peak_mb, self._memory()["memory/rss_peak_mb"]),
+            "memory/cuda_peak_mb": t.cuda_peak_mb,
+        }
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._save()
+        finally:
+            dt = time.perf_counter() - t0
+            self.window_other += dt
+            self.trackers.time_checkpoint += dt
+
+    def _save(self) -> None:
         """Every rank calls this at the same step: RNG states are gathered on rank 0, which writes.
 
         With a strategy whose engine owns the model/optimizer state (DeepSpeed), every rank
@@ -198,29 +247,107 @@ class Trainer:
             else:
                 w[k] = v
 
+    def _window_train_time(self) -> float:
+        """Seconds of training steps in the current logging window (evaluation and checkpoints excluded)."""
+        return self.window_carry + time.perf_counter() - self.window_start - self.window_other
+
+    def _memory(self) -> dict[str, float]:
+        """Peak memory so far: this process's RSS, and CUDA memory when on a GPU."""
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        t = self.trackers
+        t.rss_peak_mb = max(t.rss_peak_mb, rss)
+        out = {"memory/rss_peak_mb": rss}
+        device = self.p.strategy.device
+        if device.type == "cuda":
+            cuda = torch.cuda.max_memory_allocated(device) / 2**20
+            t.cuda_peak_mb = max(t.cuda_peak_mb or 0.0, cuda)
+            out["memory/cuda_peak_mb"] = cuda
+        return out
+
+    def _grad_norm(self) -> Any:
+        """Global L2 norm of the gradients of the step just taken (at logging steps only, on the
+        device: no sync until it is logged). DeepSpeed keeps its own (partitioned) gradients."""
+        engine = getattr(self.p.strategy, "engine", None)
+        if engine is not None:
+            return engine.get_global_grad_norm()
+        grads = [q.grad for q in self.params if q.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
+
+    def _timed(self, loader):
+        """The loader's batches; the time spent waiting for each one goes to ``window_wait``."""
+        clock = time.perf_counter
+        t0 = clock()
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                self.window_wait += clock() - t0
+                return
+            self.window_wait += clock() - t0
+            yield batch
+            t0 = clock()
+
     def _log_train(self) -> None:
         totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in self.window.items()})
         metrics = {f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()}
-        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        prog, t = self.progress, self.trackers
+        train_time = max(self._window_train_time(), 1e-9)
+        wait = min(self.window_wait, train_time)
+        steps = max(1, prog.global_step - self.window_step0)
+        samples = self.window_samples * self.p.world_size
         event = {
-            "step": self.progress.global_step,
-            "epoch": self.progress.epoch,
+            "step": prog.global_step,
+            "epoch": prog.epoch,
             **metrics,
             "lr": self.p.optimizer.param_groups[0]["lr"],
-            "samples_per_sec": self.window_samples * self.p.world_size / elapsed,
         }
-        self.trackers.last_train = metrics
+        if self.grad_norm is not None and self.grad_norm_step == prog.global_step:
+            event["grad_norm"] = _scalar(self.grad_norm)
+        event.update(
+            {
+                "samples_per_sec": samples / train_time,
+                "time/step_sec": train_time / steps,
+                "time/data_wait_sec": wait / steps,
+                "time/compute_sec": (train_time - wait) / steps,
+                "time/data_wait_frac": wait / train_time,
+                **self._memory(),
+            }
+        )
+        t.last_train = metrics
+        t.samples_trained += samples
+        t.time_train += train_time
+        t.time_data_wait += wait
         self.window, self.window_samples = {}, 0
-        self.window_start = time.perf_counter()
+        self.window_carry = self.window_wait = self.window_other = 0.0
+        self.window_step0 = prog.global_step
+        self.grad_norm = None
         if self.p.strategy.is_main:
-            self.p.jsonl.log(event)
-            self.p.console.postfix({k.split("/")[-1]: v for k, v in metrics.items() if k.endswith(("loss", "acc"))})
+            self.p.loggers.log(event)
+            shown = {k.split("/")[-1]: v for k, v in metrics.items() if k.endswith(("loss", "acc"))}
+            self.p.console.postfix({**shown, "samples/s": event["samples_per_sec"]})
+        self.window_start = time.perf_counter()  # the logging itself is not training time
+
+    def _end_epoch(self) -> None:
+        """At an epoch end (after its evaluation): the epoch's wall time."""
+        t = self.trackers
+        now = self.wall_time()
+        seconds = now - t.epoch_start
+        t.epoch_times.append(seconds)
+        t.epoch_start = now
+        if self.p.strategy.is_main:
+            self.p.loggers.log(
+                {"step": self.progress.global_step, "epoch": self.progress.epoch, "time/epoch_sec": seconds}
+            )
 
     def evaluate(self) -> bool:
         """Evaluate, log, update best/early-stopping/plateau. Returns True to stop early."""
         p, t = self.p, self.trackers
         if p.val_loader is None or t.last_eval_step == self.progress.global_step:
             return False
+        t0 = time.perf_counter()
         model = p.strategy.unwrap(p.model)
         was_training = model.training
         model.eval()
@@ -240,8 +367,12 @@ class Trainer:
         totals = p.strategy.reduce_sums({k: _scalar(v) for k, v in sums.items()})
         metrics = {f"val/{k}": v for k, v in p.recipe.metrics(totals).items()}
         t.last_val, t.last_eval_step = metrics, self.progress.global_step
+        seconds = time.perf_counter() - t0
+        self.window_other += seconds
+        t.time_eval += seconds
         if p.strategy.is_main:
-            p.jsonl.log({"step": self.progress.global_step, "epoch": self.progress.epoch, **metrics})
+            event = {"step": self.progress.global_step, "epoch": self.progress.epoch, **metrics}
+            p.loggers.log({**event, "time/eval_sec": seconds})
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             p.console.write(f"step {self.progress.global_step} epoch {self.progress.epoch}: {shown}")
         return self._track(metrics)
@@ -294,11 +425,18 @@ class Trainer:
         sampler = p.train_sampler
         n_batches = sampler.batches_per_epoch()
         finished = self.trackers.early_stopped or prog.global_step >= max_steps
+        is_main = p.strategy.is_main
+        loggers = p.loggers
+        hist_every = loggers.histogram_every if loggers is not None else 0
+        unwrapped = p.strategy.unwrap(model) if hist_every else None
+        self.window_start = time.perf_counter()  # set-up time of this attempt is not training time
+        if prog.global_step == 0 and prog.batch_in_epoch == 0:
+            self.trackers.epoch_start = self.wall_time()  # nor is it part of the first epoch
 
         while not finished and prog.epoch < t.epochs:
             sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
             model.train()
-            for batch in p.train_loader:
+            for batch in self._timed(p.train_loader):
                 i = prog.batch_in_epoch
                 prog.batch_in_epoch = i + 1
                 boundary = prog.batch_in_epoch % accum == 0 or prog.batch_in_epoch == n_batches
@@ -314,7 +452,14 @@ class Trainer:
                 self.window_samples += int(n) if n is not None else 0
                 if not boundary:
                     continue
-                precision.step(optimizer, self.params, clip)
+                norm = precision.step(optimizer, self.params, clip)  # pre-clip norm when clipping
+                upcoming = prog.global_step + 1
+                if norm is not None:
+                    self.grad_norm, self.grad_norm_step = norm, upcoming
+                elif is_main and upcoming % log_every == 0:
+                    self.grad_norm, self.grad_norm_step = self._grad_norm(), upcoming
+                if hist_every and upcoming % hist_every == 0:
+                    loggers.histograms(unwrapped, upcoming)
                 optimizer.zero_grad(set_to_none=True)
                 if step_scheduler:
                     scheduler.step()
@@ -337,6 +482,7 @@ class Trainer:
                 prog.batch_in_epoch = 0
                 if self.evaluate():
                     finished = True
+                self._end_epoch()
                 self.save()
                 if p.strategy.any(p.stop.requested):
                     return self._stop()

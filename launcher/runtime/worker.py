@@ -137,7 +137,7 @@ def main(run_dir: str) -> int:
     if env.is_main:
         summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
         write_summary(rd, summary)
-        parts.jsonl.close()
+        parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary; closes metrics.jsonl
         if status == "completed":
             shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
             info(f"completed {summary['global_step']} steps in {summary['wall_time_sec']:.1f}s: {shown}")
@@ -184,6 +184,7 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dic
         "wall_time_sec": trainer.wall_time(),
         "attempt_time_sec": time.time() - start,
         "resumed_from": resumed_from,
+        "totals": trainer.totals(),  # throughput, data-wait share, evaluation/checkpoint/epoch times, peak memory
     }
     if reason:
         summary["reason"] = reason
@@ -231,7 +232,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
 
     from launcher.runtime import checkpoint as ckpt
     from launcher.runtime import rng
-    from launcher.runtime.loggers import ConsoleProgress, JsonlLogger
+    from launcher.runtime.loggers import ConsoleProgress, JsonlLogger, make_loggers
     from launcher.runtime.loop import Parts, Trainer
     from launcher.runtime.optim import build_optimizer, build_scheduler
 
@@ -279,7 +280,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         checkpoints=manager,
         run_dir=rd,
         stop=stop,
-        jsonl=None,
+        loggers=None,
         console=ConsoleProgress(0, 0, False),
         info=info,
         world_size=env.world_size,
@@ -301,9 +302,16 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     if env.is_main:
         manager.clean_partial()
         keep = (trainer.trackers.metrics_offset or 0) if loaded is not None else None
-        parts.jsonl = JsonlLogger(rd.metrics, keep)
+        jsonl = JsonlLogger(rd.metrics, keep)
     if loaded is None:
         info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
+    if env.is_main:
+        # a checkpoint of this run (not one passed with run.resume=PATH) knows this run's wandb id
+        own = loaded is not None and Path(loaded["path"]).resolve().parent == rd.checkpoints.resolve()
+        parts.loggers, trainer.trackers.wandb_id = make_loggers(
+            cfg, rd.path, jsonl, trainer.progress.global_step if loaded is not None else None,
+            trainer.trackers.wandb_id if own else None, strategy.unwrap(model), info, _say,
+        )  # fmt: skip
     show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
     parts.console = ConsoleProgress(trainer.total_steps(), trainer.progress.global_step, show_bar)
     return parts, trainer, resumed_from
