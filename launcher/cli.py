@@ -31,7 +31,8 @@ Examples:
   launch recipe=my_pkg.module:MyRecipe                your own recipe
   launch --list
 
-Other commands: launch status RUN_DIR, launch cancel RUN_DIR (Slurm jobs).
+Other commands: launch status RUN_DIR, launch cancel RUN_DIR (Slurm jobs),
+launch report RUN_DIR [RUN_DIR ...] (plots and a summary table).
 
 Running the same command again resumes the newest complete checkpoint, or says the run is
 complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C), 143 preempted.
@@ -196,6 +197,7 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
 SUBCOMMANDS: dict[str, str] = {
     "status": "launcher.slurm:status_command",
     "cancel": "launcher.slurm:cancel_command",
+    "report": "launcher.report:report_command",
 }
 
 

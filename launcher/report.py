@@ -1,0 +1,296 @@
+"""`launch report RUN_DIR [RUN_DIR ...]`: PNG plots (loss and metrics, learning rate, throughput)
+and a summary table comparing runs, from ``metrics.jsonl`` and ``summary.json``.
+
+Works on runs in any state -- running, preempted, failed, completed -- since it only reads what
+is on disk (a half-written last line is skipped). No torch; matplotlib is imported only when
+plotting (Agg backend: no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launcher.errors import LaunchError
+from launcher.rundir import CONFIG_FILE, METRICS_FILE, REPORT_DIR, RunDir
+from launcher.runtime.loggers import read_events
+
+
+@dataclass
+class Run:
+    path: Path
+    label: str
+    status: str
+    events: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    monitor: str | None = None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of ``key``, in logging order, NaN/inf (stored as strings) included."""
+        xs, ys = [], []
+        for e in self.events:
+            v = e.get(key)
+            if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+                v = float(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "step" in e:
+                xs.append(int(e["step"]))
+                ys.append(float(v))
+        return xs, ys
+
+    def last(self, key: str) -> float | None:
+        _, ys = self.series(key)
+        return ys[-1] if ys else None
+
+
+def _is_run(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() or (path / METRICS_FILE).is_file()
+
+
+def _status(rd: RunDir, summary: dict[str, Any] | None) -> str:
+    if summary is None:
+        has_ckpt = bool(rd.complete_checkpoints())
+        if not rd.metrics.exists():
+            return "not started"
+        return "running or interrupted" if has_ckpt or rd.metrics.stat().st_size else "starting"
+    status = str(summary.get("status", "unknown"))
+    # metrics written after summary.json: a resumed attempt is running (or was killed)
+    try:
+        if rd.metrics.stat().st_mtime > rd.summary.stat().st_mtime + 1.0:
+            return f"running or interrupted (last attempt: {status})"
+    except OSError:
+        pass
+    return status
+
+
+def load_run(path: Path) -> Run:
+    """Everything the report needs from one run directory; a LaunchError if it is not one."""
+    if not path.exists():
+        raise LaunchError(f"{path} does not exist; pass a run directory such as runs/<recipe>/<run.name>")
+    if not path.is_dir():
+        raise LaunchError(f"{path} is not a directory; pass a run directory such as runs/<recipe>/<run.name>")
+    if not _is_run(path):
+        inner = sorted(
+            {p.parent for p in path.glob(f"*/{CONFIG_FILE}")} | {p.parent for p in path.glob(f"*/*/{CONFIG_FILE}")}
+        )
+        hint = f"; it holds {len(inner)} run(s), e.g. launch report {inner[0]}" if inner else ""
+        raise LaunchError(f"{path} is not a run directory (no {CONFIG_FILE} or {METRICS_FILE}){hint}")
+    rd = RunDir(path)
+    summary = rd.read_summary()
+    monitor = None
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(rd.config.read_text()) or {}
+        monitor = (cfg.get("checkpoint") or {}).get("monitor")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return Run(path, path.name, _status(rd, summary), read_events(rd.metrics), summary or {}, monitor)
+
+
+def _labels(runs: list[Run]) -> None:
+    """Short unique labels: the run name, with its recipe folder when names collide."""
+    names = [r.path.name for r in runs]
+    for r in runs:
+        if names.count(r.path.name) > 1:
+            r.label = f"{r.path.parent.name}/{r.path.name}"
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label} ({seen[r.label]})"
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def table(runs: list[Run]) -> list[list[str]]:
+    metric_keys: list[str] = []
+    for r in runs:
+        for e in r.events:
+            for k in e:
+                if k.startswith("val/") and k not in metric_keys:
+                    metric_keys.append(k)
+    header = ["run", "status", "steps", "epochs", "train/loss", *metric_keys, "best", "samples/s", "data wait", "wall"]
+    rows = [header]
+    for r in runs:
+        s = r.summary
+        totals = s.get("totals") or {}
+        steps = s.get("global_step")
+        if steps is None:
+            steps = max((int(e["step"]) for e in r.events if "step" in e), default=None)
+        epochs = s.get("epochs")
+        if epochs is None:
+            epochs = max((e["epoch"] for e in r.events if isinstance(e.get("epoch"), (int, float))), default=None)
+        best = s.get("best") or {}
+        best_txt = "-"
+        if best.get("value") is not None:
+            best_txt = f"{best.get('metric')}={_fmt(best['value'])}@{best.get('step')}"
+        throughput = totals.get("samples_per_sec")
+        if throughput is None:
+            _, ys = r.series("samples_per_sec")
+            throughput = sum(ys) / len(ys) if ys else None
+        wait = totals.get("time/data_wait_frac")
+        wall = s.get("wall_time_sec")
+        rows.append(
+            [
+                r.label,
+                r.status,
+                _fmt(steps),
+                _fmt(float(epochs), 3) if isinstance(epochs, (int, float)) else "-",
+                _fmt(r.last("train/loss")),
+                *[_fmt(r.last(k)) for k in metric_keys],
+                best_txt,
+                _fmt(throughput, 4),
+                f"{100 * wait:.1f}%" if isinstance(wait, (int, float)) else "-",
+                f"{wall:.1f}s" if isinstance(wall, (int, float)) else "-",
+            ]
+        )
+    return rows
+
+
+def render_text(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def render_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise LaunchError(
+            "launch report needs matplotlib, which is not installed; pip install 'launcher[report]' "
+            "(or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot(plt, runs: list[Run], panels: list[tuple[str, list[tuple[str, str]]]], title: str, out: Path) -> bool:
+    """One figure with a panel per (panel title, [(metric key, line style)]); False if nothing to plot."""
+    panels = [(t, keys) for t, keys in panels if any(r.series(k)[0] for r in runs for k, _ in keys)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    for ax, (panel_title, keys) in zip(axes[0], panels, strict=True):
+        for i, r in enumerate(runs):
+            for key, style in keys:
+                xs, ys = r.series(key)
+                if not xs:
+                    continue
+                label = r.label if len(keys) == 1 else f"{r.label} {key}"
+                marker = "o" if len(xs) < 30 else None
+                ax.plot(xs, ys, style, color=colors[i % len(colors)], label=label, marker=marker, markersize=3)
+        ax.set_title(panel_title)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plots(runs: list[Run], out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    written = []
+    metric_names: list[str] = []  # recipe metrics other than the loss, without their split
+    for r in runs:
+        for e in r.events:
+            for k in e:
+                if k.startswith(("train/", "val/")) and not k.endswith("/loss"):
+                    name = k.split("/", 1)[1]
+                    if name not in metric_names:
+                        metric_names.append(name)
+    figures = [
+        ("loss.png", "loss (solid: train, dashed: validation)", [("loss", [("train/loss", "-"), ("val/loss", "--")])]),
+        (
+            "metrics.png",
+            "metrics (solid: train, dashed: validation)",
+            [(m, [(f"train/{m}", "-"), (f"val/{m}", "--")]) for m in metric_names],
+        ),
+        (
+            "lr.png",
+            "learning rate and gradient norm",
+            [("learning rate", [("lr", "-")]), ("gradient norm", [("grad_norm", "-")])],
+        ),
+        (
+            "throughput.png",
+            "throughput",
+            [
+                ("samples per second", [("samples_per_sec", "-")]),
+                ("share of step time waiting for data", [("time/data_wait_frac", "-")]),
+            ],
+        ),
+    ]
+    for name, title, panels in figures:
+        path = out_dir / name
+        if _plot(plt, runs, panels, title, path):
+            written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help=f"Where to write the plots and summary.md (default: RUN_DIR/{REPORT_DIR}/ of the first run).",
+)
+def report_command(run_dirs: tuple[str, ...], out: str | None) -> int:
+    """Plot loss, metrics, learning rate and throughput of one or more runs (any state) and print
+    a table comparing them."""
+    runs = [load_run(Path(p)) for p in run_dirs]
+    _labels(runs)
+    out_dir = Path(out) if out else runs[0].path / REPORT_DIR
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{time.time_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise LaunchError(
+            f"cannot write the report to {out_dir} ({e.strerror or e}); pass --out <a writable directory>"
+        ) from None
+    rows = table(runs)
+    written = plots(runs, out_dir)
+    summary_md = out_dir / "summary.md"
+    sources = "\n".join(f"- {r.label}: {r.path}" for r in runs)
+    summary_md.write_text(f"# launch report\n\n{render_markdown(rows)}\n\nRuns:\n{sources}\n")
+    click.echo(render_text(rows))
+    click.echo("")
+    if not any(r.events for r in runs):
+        click.echo("no metrics logged yet: nothing to plot")
+    for path in [*written, summary_md]:
+        click.echo(f"wrote {path}")
+    return 0
