@@ -2,4 +2,6 @@
 
 BUILTIN: dict[str, str] = {
     "resnet_finetune": "recipes.resnet_finetune:ResNetFinetune",
+    "sequence": "recipes.sequence:Sequence",
+    "yesno": "recipes.yesno:YesNo",
 }

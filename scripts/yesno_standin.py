@@ -1,0 +1,95 @@
+"""Write a stand-in for the YESNO corpus: ``DIR/waves_yesno/<w1>_<w2>_..._<w8>.wav``, 8 kHz mono
+16-bit, each file eight spoken words, yes (1) or no (0) as its name says -- the layout of
+http://www.openslr.org/resources/1/waves_yesno.tar.gz, so ``launch recipe=yesno data.root=DIR``
+reads it through the same torchaudio code path as the real recordings.
+
+Words are Hebrew "ken" (yes) and "lo" (no), like the real corpus, spoken by espeak-ng with varied
+speed, pitch and loudness, separated by random pauses, over background noise. Without espeak-ng
+(or with --tones) words are short tones instead (a minimal stand-in).
+
+    python scripts/yesno_standin.py DIR [--files 60] [--seed 0] [--tones]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+RATE = 8000
+WORDS = {0: "לא", 1: "כן"}  # lo (no), ken (yes)
+SPEEDS = (120, 145, 170, 195)
+PITCHES = (30, 45, 60, 75)
+
+
+def _espeak(text: str, speed: int, pitch: int) -> np.ndarray:
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "he", "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    x, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    x = resample_poly(x, RATE, rate).astype(np.float32)
+    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())  # trim espeak's own silence
+    x = x[loud[0] : loud[-1] + 1]
+    return x / np.abs(x).max()
+
+
+def _tone(word: int, speed: int, pitch: int) -> np.ndarray:
+    seconds = 0.25 + 30.0 / speed
+    t = np.arange(int(seconds * RATE)) / RATE
+    freq = (350.0 if word == 0 else 700.0) * (1 + (pitch - 50) / 400)
+    envelope = np.sin(np.pi * t / seconds)
+    return (envelope * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def word_sounds(tones: bool = False) -> dict[int, list[np.ndarray]]:
+    """Every spoken variant of each word: {0: [...], 1: [...]}."""
+    make = _tone if tones or shutil.which("espeak-ng") is None else (lambda w, s, p: _espeak(WORDS[w], s, p))
+    return {w: [make(w, s, p) for s in SPEEDS for p in PITCHES] for w in WORDS}
+
+
+def make_standin(root: Path, files: int = 60, seed: int = 0, words: int = 8, tones: bool = False) -> Path:
+    """Write ``files`` recordings with distinct label sequences under ``root/waves_yesno``."""
+    import soundfile as sf
+
+    if files > 2**words:
+        raise ValueError(f"at most {2**words} distinct files of {words} words")
+    rng = np.random.default_rng(seed)
+    sounds = word_sounds(tones)
+    folder = Path(root) / "waves_yesno"
+    folder.mkdir(parents=True, exist_ok=True)
+    for code in rng.choice(2**words, size=files, replace=False):
+        labels = [(int(code) >> (words - 1 - i)) & 1 for i in range(words)]
+        parts = [np.zeros(int(rng.uniform(0.3, 1.0) * RATE), np.float32)]
+        for w in labels:
+            variant = sounds[w][rng.integers(len(sounds[w]))]
+            parts.append(variant * rng.uniform(0.3, 0.9))
+            parts.append(np.zeros(int(rng.uniform(0.15, 0.5) * RATE), np.float32))
+        audio = np.concatenate(parts)
+        audio += rng.normal(0.0, rng.uniform(0.002, 0.015), audio.shape).astype(np.float32)
+        name = "_".join(str(w) for w in labels) + ".wav"
+        sf.write(folder / name, np.clip(audio, -1, 1), RATE, subtype="PCM_16")
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path, help="writes ROOT/waves_yesno/*.wav")
+    ap.add_argument("--files", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tones", action="store_true", help="tones instead of espeak-ng speech")
+    args = ap.parse_args()
+    folder = make_standin(args.root, args.files, args.seed, tones=args.tones)
+    print(f"wrote {args.files} files to {folder}")
+
+
+if __name__ == "__main__":
+    main()
