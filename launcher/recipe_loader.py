@@ -99,8 +99,21 @@ def load_recipe(spec: str) -> type[Recipe]:
     return cls
 
 
+# How the runtime calls a recipe's methods (after ``self``), for the signature check.
+CALLS = {
+    "build_model": (),
+    "build_datasets": (),
+    "step": ("model", "batch"),
+    "metrics": ("sums",),
+    "collate": ("samples",),
+}
+CONTRACT_HINT = "see the recipe example in README.md (Your own recipe)"
+
+
 def check_contract(cls: object, spec: str) -> None:
-    """A recipe must be a class that implements the required methods and declares valid sections."""
+    """A recipe must be a class that implements the required methods with the signatures the
+    runtime calls, and declares valid sections, defaults and head. Each problem is one
+    ConfigError that names the missing or wrong piece."""
     import inspect
 
     from launcher.config import DataSection, ModelSection
@@ -116,15 +129,171 @@ def check_contract(cls: object, spec: str) -> None:
             f"recipe {spec!r} does not implement {', '.join(missing)}; "
             "subclass recipes.base.Recipe and define build_model(), build_datasets() and step(model, batch)"
         )
-    if not issubclass(getattr(cls, "Model", ModelSection), ModelSection):
-        raise ConfigError(f"recipe {spec!r}: Model must subclass launcher.config.ModelSection")
-    if not issubclass(getattr(cls, "Data", DataSection), DataSection):
-        raise ConfigError(f"recipe {spec!r}: Data must subclass launcher.config.DataSection")
+    for name, args in CALLS.items():
+        if getattr(cls, name, None) is not None:
+            _check_signature(cls, spec, name, args)
+    for attr, base in (("Model", ModelSection), ("Data", DataSection)):
+        value = getattr(cls, attr, base)
+        if not (inspect.isclass(value) and issubclass(value, base)):
+            raise ConfigError(
+                f"recipe {spec!r}: {attr} must be a class that subclasses launcher.config.{base.__name__} "
+                f"(got {value!r}); e.g. class My{attr}({base.__name__}): size: int = 32"
+            )
+    check = getattr(cls, "check", None)
+    if check is not None and not _binds(check, 1):
+        raise ConfigError(
+            f"recipe {spec!r}: check must be a @classmethod check(cls, cfg) (it is called before any "
+            f"instance exists); {CONTRACT_HINT}"
+        )
+    _check_defaults(cls, spec)
+    head = getattr(cls, "head", [])
+    if not isinstance(head, (list, tuple)) or not all(isinstance(h, str) for h in head):
+        raise ConfigError(
+            f"recipe {spec!r}: head must be a list of parameter-name prefixes such as ['fc.'] (got {head!r})"
+        )
     if not issubclass(cls, Recipe):
         # Duck-typed recipes get the base class's defaults (metrics, check, sections).
         for attr in ("Model", "Data", "defaults", "head", "description", "name", "check", "metrics"):
             if not hasattr(cls, attr):
                 setattr(cls, attr, getattr(Recipe, attr))
+
+
+def _binds(func: object, n: int, with_self: bool = False) -> bool:
+    """Whether ``func`` accepts ``n`` positional arguments (plus ``self`` when ``with_self``)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a signature: give them the benefit of the doubt
+        return True
+    try:
+        sig.bind(*([None] * (n + with_self)))
+    except TypeError:
+        return False
+    return True
+
+
+def _check_signature(cls: type, spec: str, name: str, args: tuple[str, ...]) -> None:
+    import inspect
+
+    raw = inspect.getattr_static(cls, name)
+    if isinstance(raw, (staticmethod, classmethod)):
+        ok, shown = _binds(getattr(cls, name), len(args)), ", ".join(args)
+    else:
+        ok, shown = _binds(raw, len(args), with_self=True), ", ".join(("self", *args))
+    if not ok:
+        try:
+            have = f"{name}{inspect.signature(getattr(cls, name))}"
+        except (TypeError, ValueError):
+            have = name
+        raise ConfigError(f"recipe {spec!r}: {name} must take ({shown}), but it is {have}; {CONTRACT_HINT}")
+
+
+def _check_defaults(cls: type, spec: str) -> None:
+    from launcher.config import Config
+
+    defaults = getattr(cls, "defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"recipe {spec!r}: defaults must be a dict of sections, e.g. {{'train': {{'lr': 0.01}}}}")
+    sections = [n for n in Config.model_fields if n != "recipe"]
+    for key, value in defaults.items():
+        if key not in sections:
+            close = difflib.get_close_matches(str(key), sections, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"recipe {spec!r}: defaults has unknown section {key!r}; {hint}sections: {', '.join(sections)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"recipe {spec!r}: defaults[{key!r}] must be a dict of keys, e.g. {{'{key}': {{...}}}} (got {value!r})"
+            )
+
+
+# --------------------------------------------------------------------------- checks in the worker
+# What a recipe's methods return is checked when the worker first gets it, so that a broken user
+# recipe fails with a line naming the method instead of a traceback deep in the runtime.
+
+
+def check_model(model: object, spec: str):
+    """``build_model()`` must return an ``nn.Module`` with something to train."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(
+            f"recipe {spec!r}: build_model() returned {type(model).__name__}; return a torch.nn.Module; {CONTRACT_HINT}"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"recipe {spec!r}: the model from build_model() has no trainable parameters")
+    return model
+
+
+def check_datasets(result: object, spec: str) -> tuple:
+    """``build_datasets()`` must return ``(train, val or None)``, map-style, train not empty."""
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise ConfigError(
+            f"recipe {spec!r}: build_datasets() returned {type(result).__name__}; return (train, val) "
+            f"where val may be None; {CONTRACT_HINT}"
+        )
+    train, val = result
+    for which, ds in (("train", train), ("val", val)):
+        if ds is None and which == "val":
+            continue
+        if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+            raise ConfigError(
+                f"recipe {spec!r}: the {which} dataset from build_datasets() ({type(ds).__name__}) needs __len__ "
+                "and __getitem__ (a map-style dataset, e.g. torch.utils.data.TensorDataset)"
+            )
+    if len(train) == 0:
+        raise ConfigError(f"recipe {spec!r}: the train dataset from build_datasets() is empty")
+    return train, val
+
+
+def check_step_result(result: object, spec: str, training: bool) -> None:
+    """``step()`` must return ``(loss, sums)``: a scalar loss (with a gradient when training)
+    and a dict of summed values."""
+    import torch
+
+    where = f"recipe {spec!r}: step(model, batch)"
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise ConfigError(f"{where} returned {type(result).__name__}; return (loss, sums); {CONTRACT_HINT}")
+    loss, sums = result
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ConfigError(f"{where} returned a loss of {shape}; return one float tensor (the batch mean)")
+    if training and not loss.requires_grad:
+        raise ConfigError(f"{where} returned a loss without a gradient; compute it from the outputs of model(...)")
+    if not isinstance(sums, dict):
+        raise ConfigError(
+            f"{where} returned sums of type {type(sums).__name__}; return a dict such as "
+            "{'loss': loss.detach() * n, 'correct': ..., 'count': n}"
+        )
+    for key, value in sums.items():
+        ok = isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+        if not (isinstance(key, str) and ok):
+            shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            raise ConfigError(f"{where} returned sums[{key!r}] = {shown}; every sum must be one number")
+
+
+class _FirstStepCheck:
+    """Stands in for ``recipe.step`` until the first call has been checked, then steps aside
+    (the class's own method is used again: nothing is added to later steps)."""
+
+    def __init__(self, recipe: object, spec: str) -> None:
+        self.recipe, self.spec, self.step = recipe, spec, recipe.step
+
+    def __call__(self, model, batch):
+        import torch
+
+        result = self.step(model, batch)
+        check_step_result(result, self.spec, training=torch.is_grad_enabled())
+        self.recipe.__dict__.pop("step", None)
+        return result
+
+
+def watch_first_step(recipe: object, spec: str) -> None:
+    """Check what ``recipe.step`` returns on its first call (training or evaluation)."""
+    if "step" not in vars(recipe):
+        recipe.step = _FirstStepCheck(recipe, spec)
 
 
 def static_description(target: str) -> str | None:

@@ -19,7 +19,7 @@ import yaml
 
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
-from launcher.recipe_loader import load_recipe
+from launcher.recipe_loader import check_datasets, check_model, load_recipe, watch_first_step
 from launcher.rundir import EXIT_CODE_FILE, RunDir, write_atomic
 
 
@@ -244,7 +244,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
 
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
-    model = recipe.build_model()
+    model = check_model(recipe.build_model(), cfg.recipe)
     if getattr(cfg.model, "init_from", None):
         _load_init_weights(model, cfg.model.init_from)
     model = precision.convert_model(model).to(device)
@@ -252,7 +252,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     if env.world_size > 1:
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
-    train_ds, val_ds = recipe.build_datasets()
+    train_ds, val_ds = check_datasets(recipe.build_datasets(), cfg.recipe)
+    watch_first_step(recipe, cfg.recipe)
     train_sampler, train_loader = _loader(cfg, recipe, env, device, train_ds, train=True)
     val_loader = None
     if val_ds is not None and len(val_ds) > 0:
