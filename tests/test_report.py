@@ -41,7 +41,7 @@ def rows(stdout: str) -> dict[str, str]:
 
 def test_report_compares_runs_in_any_state(tmp_path, tiny):
     a = train(tmp_path, tiny, "a")
-    b = train(tmp_path, tiny, "b", "train.lr=0.01")
+    b = train(tmp_path, tiny, "b", "train.lr=0.01", "train.max_steps=8")
     # a preempted run (SIGTERM: checkpoint, summary says preempted)
     proc = start(
         [f"recipe={tiny}", "log.quiet=true", "run.name=p", "train.epochs=50", "data.step_delay=0.02"], tmp_path
