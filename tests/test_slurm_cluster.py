@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher.slurm import ACTIVE_STATES, job_info
-from tests.conftest import TINY, assert_same_weights, make_dirs, only_run_dir, read_jsonl, run_launch
+from tests.conftest import TINY, assert_same_weights, only_run_dir, read_jsonl, run_launch
 
 pytestmark = pytest.mark.slurm
 
