@@ -69,7 +69,8 @@ class CTCNet(nn.Module):
             self.fc.bias[0] = 2.0
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x.transpose(1, 2)  # (B, F, T)
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        h = x.transpose(1, 2) * keep[:, None, :].to(x.dtype)  # (B, F, T), zero beyond each length
         for (k, stride, dilation), conv, norm in zip(self.layers, self.convs, self.norms, strict=True):
             lengths = (lengths + 2 * dilation * (k // 2) - dilation * (k - 1) - 1) // stride + 1
             h = norm(conv(h).transpose(1, 2)).transpose(1, 2)  # LayerNorm over the channels of each frame

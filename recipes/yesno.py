@@ -65,8 +65,8 @@ def file_ids(folder: Path) -> list[str]:
 
 
 def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by file: depends only on the file names and ``seed``."""
-    order = list(ids)
+    """Deterministic split by file: depends only on the file names and ``seed`` (not on their order)."""
+    order = sorted(ids)
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(ids) * val_fraction)) if val_fraction > 0 else 0
     return sorted(order[n_val:]), sorted(order[:n_val])
