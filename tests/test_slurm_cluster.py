@@ -38,8 +38,8 @@ def cluster():
         pytest.skip(problem)
 
 
-def submit(args: list[str], cwd: Path) -> tuple[Path, str]:
-    r = run_launch(args, cwd)
+def submit(args: list[str], cwd: Path, **env: str) -> tuple[Path, str]:
+    r = run_launch(args, cwd, **env)
     assert r.returncode == 0, r.stderr + r.stdout
     job_id = re.search(r"submitted Slurm job (\d+)", r.stdout).group(1)
     return only_run_dir(cwd), job_id
@@ -121,8 +121,11 @@ def test_two_nodes_one_rank_each_match_a_local_two_process_run(tmp_path, referen
 
 def test_preemption_signals_requeue_and_resume_bit_exact(tmp_path, reference):
     """Two warning signals in one job: checkpoint, requeue, resume -- twice -- then the same weights
-    as the uninterrupted run."""
-    run_dir, job_id = submit([*BASE, "--slurm", "--nodes", "2", *SLOW], tmp_path)
+    as the uninterrupted run; one wandb run (offline files) continues across the requeues."""
+    wandb = ["log.backends=[jsonl,wandb]", "log.wandb.project=slurm"]
+    run_dir, job_id = submit(
+        [*BASE, "--slurm", "--nodes", "2", *SLOW, *wandb], tmp_path, WANDB_MODE="offline", HOME=str(tmp_path)
+    )
     for restarts in (0, 1):
         wait_until(lambda r=restarts: trained_in_attempt(run_dir, job_id, r, 2 + 3 * r), 120, f"attempt {restarts + 1}")
         subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], check=True)
@@ -136,6 +139,14 @@ def test_preemption_signals_requeue_and_resume_bit_exact(tmp_path, reference):
     steps = [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in e]
     assert steps == sorted(set(steps))  # no step logged twice across the attempts
     assert_same_weights(run_dir / "model.safetensors", reference)
+
+    from tests.wandb_records import read_run
+
+    runs = [read_run(f) for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+    assert len(runs) == 3  # one file per attempt, one run id
+    assert {r.run_id for r in runs} == {(run_dir / "wandb_id").read_text().strip()}
+    logged = sorted(row["_step"] for row in runs[-1].history if "train/loss" in row)
+    assert logged == steps  # the last attempt re-logged the history up to its checkpoint, then the rest
 
 
 def test_cancel_does_not_requeue_and_the_same_command_resumes(tmp_path, reference):
