@@ -161,3 +161,13 @@ def test_cifar10_offline_is_one_line(tmp_path):
     assert r.returncode == 2
     assert "could not download CIFAR-10" in one_error_line(r.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_two_processes_on_digits(tmp_path):
+    r = run_launch(["recipe=resnet_finetune", *FAST, "--procs", "2", "--device", "cpu"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir, summary = completed(tmp_path)
+    assert summary["global_step"] == 3 and summary["global_batch_size"] == 32
+    assert {"val/acc", "val/loss", "train/loss"} <= set(summary["final_metrics"])
+    assert (run_dir / "logs" / "rank-1.log").is_file()
+    assert load_file(str(run_dir / "model.safetensors"))["fc.weight"].shape == (10, 512)
