@@ -201,6 +201,18 @@ def test_two_processes_sum_word_errors_over_every_held_out_file(data_root, tmp_p
     assert logged[-1]["val/loss"] == pytest.approx(mine["loss"], rel=1e-4)
 
 
+def test_augmentation_follows_the_runtime_seeds_so_a_continued_run_is_exact(data_root, tmp_path):
+    """SpecAugment draws from the generator the runtime seeds per batch: training 2 epochs and then
+    2 more gives bit-identical weights to 4 epochs at once."""
+    keys = ["recipe=yesno", f"data.root={data_root}", "train.scheduler=none", "log.quiet=true"]
+    for name, epochs in (("once", 4), ("split", 2), ("split", 4)):
+        r = run_launch([*keys, f"run.name={name}", f"train.epochs={epochs}"], tmp_path, **ENV)
+        assert r.returncode == 0, r.stderr
+    once = load_file(str(tmp_path / "runs" / "yesno" / "once" / "model.safetensors"))
+    split = load_file(str(tmp_path / "runs" / "yesno" / "split" / "model.safetensors"))
+    assert once.keys() == split.keys() and all(torch.equal(once[k], split[k]) for k in once)
+
+
 # --------------------------------------------------------------------------- data errors
 
 
