@@ -171,3 +171,33 @@ def test_two_processes_on_digits(tmp_path):
     assert {"val/acc", "val/loss", "train/loss"} <= set(summary["final_metrics"])
     assert (run_dir / "logs" / "rank-1.log").is_file()
     assert load_file(str(run_dir / "model.safetensors"))["fc.weight"].shape == (10, 512)
+    # BatchNorm: every rank evaluates with rank 0's running statistics (the saved ones), so the
+    # logged metrics are those of the exported model over the whole validation set
+    logged = [e for e in read_jsonl(run_dir / "metrics.jsonl") if "val/acc" in e][-1]
+    mine = evaluate_saved(run_dir)
+    assert logged["val/acc"] == pytest.approx(mine["acc"], abs=1e-12)
+    assert logged["val/loss"] == pytest.approx(mine["loss"], rel=1e-4)
+
+
+def evaluate_saved(run_dir: Path) -> dict:
+    """The val metrics of a run's exported model, computed here in one process."""
+    import yaml
+
+    from launcher.config import config_class, validate
+    from launcher.recipe_loader import load_recipe
+
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cls = load_recipe(tree["recipe"])
+    recipe = cls(validate(config_class(cls), tree))
+    model = recipe.build_model()
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    _, val = recipe.build_datasets()
+    loader = torch.utils.data.DataLoader(val, batch_size=50, collate_fn=getattr(recipe, "collate", None))
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in loader:
+            _, s = recipe.step(model, batch)
+            for k, v in s.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return recipe.metrics(sums)

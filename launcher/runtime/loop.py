@@ -348,6 +348,7 @@ class Trainer:
         if p.val_loader is None or t.last_eval_step == self.progress.global_step:
             return False
         t0 = time.perf_counter()
+        p.strategy.sync_buffers(p.model)  # rank 0's BatchNorm statistics on every rank
         model = p.strategy.unwrap(p.model)
         was_training = model.training
         model.eval()

@@ -87,6 +87,9 @@ class Single:
         """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
         return [obj]
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Before evaluation: every rank gets rank 0's buffers (one process: nothing to do)."""
+
     def barrier(self) -> None:
         pass
 
@@ -161,6 +164,15 @@ class DDP(Single):
         t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._reduce_device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Each rank's BatchNorm running statistics come from its own last training batch (DDP
+        broadcasts buffers only at the start of a training forward). Evaluation runs on every
+        rank's copy, so give them rank 0's buffers first: the ones checkpoints and the exported
+        model hold. Training is unaffected (its next forward broadcasts rank 0's buffers anyway)."""
+        if self.env.world_size > 1:
+            for buf in self.unwrap(model).buffers():
+                self.dist.broadcast(buf.data, src=0)
 
     def gather(self, obj):
         """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
