@@ -18,7 +18,7 @@ from launcher.errors import EXIT_COMPLETED, LaunchError
 from launcher.runtime import checkpoint as ckpt
 from launcher.runtime import rng
 from launcher.runtime.data import to_device
-from launcher.runtime.signals import EXIT_FOR
+from launcher.runtime.signals import EXIT_FOR, StopCheck
 
 
 @dataclass
@@ -426,6 +426,7 @@ class Trainer:
         sampler = p.train_sampler
         n_batches = sampler.batches_per_epoch()
         finished = self.trackers.early_stopped or prog.global_step >= max_steps
+        stop_check = StopCheck(p.strategy, p.stop, prog.global_step)
         is_main = p.strategy.is_main
         loggers = p.loggers
         hist_every = loggers.histogram_every if loggers is not None else 0
@@ -473,7 +474,7 @@ class Trainer:
                     finished = True
                 if every_ckpt and step % every_ckpt == 0:
                     self.save()
-                if p.strategy.any(p.stop.requested):
+                if stop_check(step):  # (distributed: a collective about every 0.5 s, not every step)
                     return self._stop()
                 if finished or step >= max_steps:
                     finished = True

@@ -83,6 +83,11 @@ class Single:
         """True on every rank if ``flag`` is true on any rank (stop requests, early stopping)."""
         return flag
 
+    def stop_check(self, flag: bool, every: int) -> tuple[bool, int]:
+        """(``flag`` on any rank, steps to the next check: the smallest ``every`` of the ranks).
+        One process needs no agreement: it checks every step."""
+        return flag, 1
+
     def gather(self, obj):
         """Every rank's ``obj`` as a list on rank 0 (None elsewhere)."""
         return [obj]
@@ -164,6 +169,12 @@ class DDP(Single):
         t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._reduce_device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def stop_check(self, flag: bool, every: int) -> tuple[bool, int]:
+        t = torch.tensor([1 if flag else 0, -every], dtype=torch.int64, device=self._reduce_device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        stop, neg_every = t.tolist()
+        return bool(stop), -neg_every
 
     def sync_buffers(self, model: torch.nn.Module) -> None:
         """Each rank's BatchNorm running statistics come from its own last training batch (DDP
@@ -249,6 +260,9 @@ class Accelerate(DDP):
 
     def any(self, flag: bool) -> bool:
         return DDP.any(self, flag) if self.env.world_size > 1 else flag
+
+    def stop_check(self, flag: bool, every: int) -> tuple[bool, int]:
+        return DDP.stop_check(self, flag, every) if self.env.world_size > 1 else (flag, 1)
 
     def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
         return DDP.reduce_sums(self, sums) if self.env.world_size > 1 else sums
