@@ -116,7 +116,8 @@ def worker(args) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     common.pin_to_one_cpu(rank)  # before the threads start: both loops of a rank share its CPU
-    lock = common.Lockstep("vanilla", "runtime")
+    order = ("runtime", "vanilla") if args.runtime_first else ("vanilla", "runtime")
+    lock = common.Lockstep(*order)
     parts = vanilla_setup(args)
     vanilla_losses: list[float] = []
     common.LOSSES.clear()
@@ -125,7 +126,7 @@ def worker(args) -> None:
         threading.Thread(target=vanilla_loop, args=(args, parts, lock, vanilla_losses)),
         threading.Thread(target=runtime_run, args=(args.run_dir, lock)),
     ]
-    for t in threads:
+    for t in threads[::-1] if args.runtime_first else threads:
         t.start()
     for t in threads:
         t.join()
@@ -175,7 +176,7 @@ def median(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="torchrun jobs, each one lock-step race")
+    ap.add_argument("--rounds", type=int, default=4, help="torchrun jobs, one lock-step race each (leads alternate)")
     ap.add_argument("--epochs", type=int, default=2, help="per round")
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--features", type=int, default=64)
@@ -186,6 +187,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--json", help="write the result rows here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--runtime-first", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -196,7 +198,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ratios, identical, steps = [], True, 0
     for r in range(args.rounds):
-        results = one_job(args)
+        results = one_job(args, runtime_first=r % 2 == 1)  # the leader alternates
         # each rank: the ratio of the two loops' median step times; a round: the mean over ranks
         per_rank = [median(x["runtime"]) / median(x["vanilla"]) for x in results]
         ratios.append(sum(per_rank) / len(per_rank))
@@ -222,7 +224,7 @@ def main() -> None:
     )
 
 
-def one_job(args) -> list[dict]:
+def one_job(args, runtime_first: bool) -> list[dict]:
     """One torchrun job (one lock-step race per rank); the per-rank results."""
     work = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     run_dir = work / "run"
@@ -230,6 +232,7 @@ def one_job(args) -> list[dict]:
     argv = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}",
         __file__, "--worker", "--run-dir", str(run_dir), "--out", str(work), *sys.argv[1:],
+        *(["--runtime-first"] if runtime_first else []),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(argv, env=env, cwd=ROOT)

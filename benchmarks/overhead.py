@@ -8,6 +8,7 @@ and so on, swapping who leads every few steps -- so the noise of a shared machin
 alike; each side's step time excludes waiting for the other. The process is pinned to one CPU
 (both threads meet the same interference). A round is one such race from fresh models; rounds
 differ in memory layout, which moves a single round's ratio by a few per cent either way, so
+and which loop leads alternates between rounds (the leader runs a little slower in an A/A test),
 the result is the median over rounds of each round's median step-time ratio (target <= 1.01),
 and whether the loss sequences were bit-identical in every round.
 """
@@ -99,9 +100,12 @@ def runtime_run(args, workdir: Path, lock: common.Lockstep) -> None:
         lock.finish("runtime")
 
 
-def one_round(args, work: Path) -> tuple[list[float], list[float], bool]:
-    """One lock-step race from fresh models: (vanilla step times, runtime step times, losses equal)."""
-    lock = common.Lockstep("vanilla", "runtime")
+def one_round(args, work: Path, runtime_first: bool) -> tuple[list[float], list[float], bool]:
+    """One lock-step race from fresh models: (vanilla step times, runtime step times, losses equal).
+    ``runtime_first``: the runtime's thread starts first and leads (rounds alternate: whichever
+    thread leads and starts first runs a little slower, an A/A test shows)."""
+    order = ("runtime", "vanilla") if runtime_first else ("vanilla", "runtime")
+    lock = common.Lockstep(*order)
     vanilla_losses: list[float] = []
     model, data, opt = vanilla_setup(args)
     common.LOSSES.clear()
@@ -111,7 +115,7 @@ def one_round(args, work: Path) -> tuple[list[float], list[float], bool]:
         threading.Thread(target=vanilla_loop, args=(args, model, data, opt, lock, vanilla_losses)),
         threading.Thread(target=runtime_run, args=(args, work, lock)),
     ]
-    for t in threads:
+    for t in threads[::-1] if runtime_first else threads:
         t.start()
     for t in threads:
         t.join()
@@ -122,7 +126,7 @@ def one_round(args, work: Path) -> tuple[list[float], list[float], bool]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5, help="lock-step races, each from fresh models")
+    ap.add_argument("--rounds", type=int, default=6, help="lock-step races from fresh models (even: leads alternate)")
     ap.add_argument("--epochs", type=int, default=2, help="per round")
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--features", type=int, default=64)
@@ -139,7 +143,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     ratios, identical, steps = [], True, 0
     for r in range(args.rounds):
-        v, q, same = one_round(args, work)
+        v, q, same = one_round(args, work, runtime_first=r % 2 == 1)
         ratios.append(common.median(q) / common.median(v))
         identical &= same
         steps = len(v)
