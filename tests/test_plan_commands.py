@@ -51,7 +51,7 @@ def test_world_size_is_procs_times_nodes():
         ([("train.precision", "fp16-mixed"), ("dist.device", "cpu")], "fp16-mixed needs a CUDA GPU"),
         ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed needs a CUDA GPU"),
         ([("dist.nodes", "2")], "--nodes 2 needs a cluster"),
-        ([("slurm.enabled", "true")], "--slurm is not available"),
+        ([("slurm.enabled", "true"), ("dist.strategy", "accelerate")], "not supported with --slurm"),
     ],
 )
 def test_plan_refuses_what_it_cannot_run(pairs, needle):
@@ -59,6 +59,13 @@ def test_plan_refuses_what_it_cannot_run(pairs, needle):
         make_plan(cfg_with(*pairs))
     assert needle in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_slurm_plans_srun_tasks_on_every_node():
+    plan = make_plan(cfg_with(("slurm.enabled", "true"), ("dist.nodes", "3"), ("dist.procs", "4")))
+    assert (plan.launcher, plan.strategy, plan.world_size) == ("slurm", "ddp", 12)
+    one = make_plan(cfg_with(("slurm.enabled", "true")))  # a single-node, single-process job: the same path
+    assert (one.launcher, one.strategy, one.world_size) == ("slurm", "single", 1)
 
 
 def test_fp16_is_allowed_on_cuda():
