@@ -139,5 +139,7 @@ def pin_to_one_cpu(index: int = 0) -> int:
 
 
 def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2] if s else float("nan")
+    s, n = sorted(xs), len(xs)
+    if not n:
+        return float("nan")
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

@@ -1,9 +1,9 @@
 """Time to the first training step: `launch` vs. a hand-written script doing the same.
 
-    .venv/bin/python benchmarks/first_step.py [--repeats 5] [--no-ddp]
+    .venv/bin/python benchmarks/first_step.py [--repeats 7] [--no-ddp]
 
-Pairs, run in turn round after round (the order flips every round, so drift of the machine's
-load cancels):
+Two comparisons, one after the other; in each, the two commands run in turn, round after round
+(the order flips every round, so drift of the machine's load cancels):
   single:  `launch recipe=benchmarks.mlp_recipe:Mlp`  vs  `python benchmarks/vanilla_train.py`
   2 procs: `launch ... --procs 2 --device cpu`        vs  `torchrun --standalone --nproc_per_node 2
                                                             benchmarks/vanilla_train.py`
@@ -77,7 +77,7 @@ def median(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-ddp", action="store_true", help="only the single-process pair")
     ap.add_argument("--json", help="write the result rows here")
     args = ap.parse_args()
@@ -85,11 +85,12 @@ def main() -> None:
     runs = variants(work, ddp=not args.no_ddp)
     times: dict[str, list[float]] = {name: [] for name in runs}
     try:
-        names = list(runs)
         time_to_first_step(*runs["vanilla"], work, -1, "warm-up")  # OS file cache
-        for rep in range(args.repeats):
-            for name in names if rep % 2 == 0 else reversed(names):
-                times[name].append(time_to_first_step(*runs[name], work, rep, name))
+        # one comparison after the other; within one, the pair's order flips every round
+        for pair in (["vanilla", "launch"], ["torchrun vanilla", "launch --procs 2"]):
+            for rep in range(args.repeats if pair[0] in runs else 0):
+                for name in pair if rep % 2 == 0 else reversed(pair):
+                    times[name].append(time_to_first_step(*runs[name], work, rep, name))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
