@@ -1,6 +1,6 @@
 """Data-pipeline share of the step time on the vision recipe, for several ``data.num_workers``.
 
-    .venv/bin/python benchmarks/data_wait.py [--workers 0 1 2] [--repeats 2] [--steps 20]
+    .venv/bin/python benchmarks/data_wait.py [--workers 0 1 2] [--repeats 2] [--steps 10]
 
 Runs ``launch recipe=resnet_finetune`` (ResNet-18 on the bundled digits, the README's demo) for a
 fixed number of steps with each ``data.num_workers``, in turn, round after round, and reads the
@@ -32,7 +32,8 @@ def one_run(work: Path, workers: int, steps: int, tag: str, extra: list[str]) ->
     out = work / tag
     argv = [
         sys.executable, "-m", "launcher", "recipe=resnet_finetune", f"data.num_workers={workers}",
-        f"train.max_steps={steps}", "train.log_every=5", "log.quiet=true", f"run.output_dir={out}", *extra,
+        f"train.max_steps={steps}", "train.log_every=5", "data.val_fraction=0", "log.quiet=true",
+        f"run.output_dir={out}", *extra,
     ]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -52,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--json", help="write the result rows here")
     ap.add_argument("extra", nargs="*", help="more key=value for launch (e.g. model.arch=resnet34)")
     args = ap.parse_args()
