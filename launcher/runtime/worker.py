@@ -239,7 +239,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
     # cuDNN picks the fastest convolution algorithms for the shapes it meets (what a hand-tuned
-    # loop sets; ~10 % on ResNets); the choice is timed, so it is off for run.deterministic.
+    # loop sets); the choice is timed, so it is off for run.deterministic.
     torch.backends.cudnn.benchmark = not cfg.run.deterministic
     device = strategy.device
     precision = strategy.make_precision(cfg.train.precision, device)
