@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -105,6 +106,7 @@ def main() -> None:
         t.join()
     common.ON_STEP[0] = lambda: None
     wall = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
 
     eager, comp = lock.intervals["eager"], lock.intervals["compiled"]
     if len(eager) != len(comp) or not eager:

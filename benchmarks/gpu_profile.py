@@ -206,12 +206,16 @@ def runtime(args, mode: str) -> float:
         ("log.quiet", "true"),
     ]
     cfg = cfgmod.resolve(load_recipe(spec), [], overrides)
-    rd = RunDir(Path(tempfile.mkdtemp(prefix="gpu-profile-")) / "run")
-    rd.path.mkdir(parents=True)
-    write_atomic(rd.config, cfgmod.to_yaml(cfg))
-    timer = Timer(torch.device(args.device), args.warmup, args.warmup + args.steps)
-    image_recipe.HOOK[0] = timer
-    code = worker_main(str(rd.path))
+    with tempfile.TemporaryDirectory(prefix="gpu-profile-") as tmp:
+        rd = RunDir(Path(tmp) / "run")
+        rd.path.mkdir(parents=True)
+        write_atomic(rd.config, cfgmod.to_yaml(cfg))
+        timer = Timer(torch.device(args.device), args.warmup, args.warmup + args.steps)
+        image_recipe.HOOK[0] = timer
+        try:
+            code = worker_main(str(rd.path))
+        finally:
+            image_recipe.HOOK[0] = lambda model: None
     if code != 0:
         raise RuntimeError(f"the runtime exited {code}")
     return timer.seconds()

@@ -16,6 +16,7 @@ and whether the loss sequences were bit-identical in every round.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -151,6 +152,7 @@ def main() -> None:
             f"round {r + 1}: median step vanilla {common.median(v) * 1e3:.3f} ms, runtime "
             f"{common.median(q) * 1e3:.3f} ms, ratio {ratios[-1]:.4f}, losses bit-identical: {same}"
         )
+    shutil.rmtree(work, ignore_errors=True)
     ratio = common.median(ratios)
     print(
         f"model: MLP {args.features}-{args.hidden}x{args.depth}-10, batch {args.batch_size}, {steps} steps "

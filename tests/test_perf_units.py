@@ -94,8 +94,12 @@ def test_gpu_profile_sides_run_on_cpu():
         arch="resnet18", image_size=32, batch_size=4, classes=10, steps=2, warmup=1,
         data_size=16, num_workers=0, device="cpu",
     )  # fmt: skip
-    for side in ("vanilla", "runtime"):
-        assert gpu_profile.measure(args, side, "fp32") > 0
+    benchmark = torch.backends.cudnn.benchmark  # both sides set it (process-wide)
+    try:
+        for side in ("vanilla", "runtime"):
+            assert gpu_profile.measure(args, side, "fp32") > 0
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 class _Strategy:
