@@ -101,6 +101,33 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert wa[k].equal(wb[k]), f"{k} differs"
 
 
+def evaluate_saved(run_dir: Path, batch_size: int = 50) -> dict:
+    """The val metrics of a run's exported model, computed here in one process over the whole
+    validation set (to compare with what a multi-process run logged)."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from launcher.config import config_class, validate
+    from launcher.recipe_loader import load_recipe
+
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cls = load_recipe(tree["recipe"])
+    recipe = cls(validate(config_class(cls), tree))
+    model = recipe.build_model()
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    _, val = recipe.build_datasets()
+    loader = torch.utils.data.DataLoader(val, batch_size=batch_size, collate_fn=getattr(recipe, "collate", None))
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in loader:
+            _, s = recipe.step(model, batch)
+            for k, v in s.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return recipe.metrics(sums)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA GPU: skipped cleanly without one."""
     import torch

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import only_run_dir, read_jsonl, run_launch
+from tests.conftest import evaluate_saved, only_run_dir, read_jsonl, run_launch
 
 FAST = ["data.image_size=16", "train.batch_size=16", "train.max_steps=3", "train.log_every=1", "log.quiet=true"]
 # Any download attempt fails at once (no waiting on DNS or a firewall).
@@ -178,26 +178,3 @@ def test_two_processes_on_digits(tmp_path):
     assert logged["val/acc"] == pytest.approx(mine["acc"], abs=1e-12)
     assert logged["val/loss"] == pytest.approx(mine["loss"], rel=1e-4)
 
-
-def evaluate_saved(run_dir: Path) -> dict:
-    """The val metrics of a run's exported model, computed here in one process."""
-    import yaml
-
-    from launcher.config import config_class, validate
-    from launcher.recipe_loader import load_recipe
-
-    tree = yaml.safe_load((run_dir / "config.yaml").read_text())
-    cls = load_recipe(tree["recipe"])
-    recipe = cls(validate(config_class(cls), tree))
-    model = recipe.build_model()
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    model.eval()
-    _, val = recipe.build_datasets()
-    loader = torch.utils.data.DataLoader(val, batch_size=50, collate_fn=getattr(recipe, "collate", None))
-    sums: dict[str, float] = {}
-    with torch.no_grad():
-        for batch in loader:
-            _, s = recipe.step(model, batch)
-            for k, v in s.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-    return recipe.metrics(sums)

@@ -17,7 +17,7 @@ from launcher.config import resolve
 from launcher.errors import ConfigError
 from launcher.recipe_loader import load_recipe
 from recipes._nets import SequenceClassifier
-from tests.conftest import launch_env, only_run_dir, read_jsonl, run_launch
+from tests.conftest import evaluate_saved, launch_env, only_run_dir, read_jsonl, run_launch
 
 # one thread: the machine running the suite is shared, and 2 threads contending stall badly
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -184,22 +184,6 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def evaluate(weights: Path, *pairs: str) -> dict:
-    """The val metrics of saved weights, computed here in one process over the whole val set."""
-    r = recipe(*pairs)
-    model = r.build_model()
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
-    _, val = r.build_datasets()
-    sums: dict[str, float] = {}
-    with torch.no_grad():
-        for i in range(0, len(val), 7):
-            _, s = r.step(model, SEQ.collate([val[j] for j in range(i, min(i + 7, len(val)))]))
-            for k, v in s.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-    return r.metrics(sums)
-
-
 def test_two_processes_report_exact_metrics_over_the_whole_val_set(tmp_path):
     keys = ["data.name=synthetic", "data.size=150", "model.hidden_size=16", "model.dropout=0"]
     args = ["recipe=sequence", *keys, "train.epochs=2", "train.batch_size=8", "log.quiet=true"]
@@ -210,7 +194,7 @@ def test_two_processes_report_exact_metrics_over_the_whole_val_set(tmp_path):
     assert (run_dir / "logs" / "rank-1.log").is_file()
     logged = [e for e in read_jsonl(run_dir / "metrics.jsonl") if "val/acc" in e][-1]
     # 30 val sequences, 15 per rank: only the summed counts give the whole set's accuracy
-    mine = evaluate(run_dir / "model.safetensors", *keys)
+    mine = evaluate_saved(run_dir, batch_size=7)
     assert logged["val/acc"] == pytest.approx(mine["acc"], abs=1e-12)
     assert logged["val/loss"] == pytest.approx(mine["loss"], rel=1e-5)
 

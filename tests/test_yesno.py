@@ -20,7 +20,7 @@ from launcher.errors import ConfigError
 from launcher.recipe_loader import load_recipe
 from recipes._nets import CTCNet
 from recipes.yesno import edit_distance, file_ids, greedy_decode, split_ids
-from tests.conftest import ROOT, only_run_dir, read_jsonl, run_launch
+from tests.conftest import ROOT, evaluate_saved, only_run_dir, read_jsonl, run_launch
 
 YESNO = load_recipe("yesno")
 ENV = {"OMP_NUM_THREADS": "1"}  # the suite's machine is shared: 2 contending threads stall badly
@@ -167,22 +167,6 @@ def test_learns_to_recognise_the_words(trained):
     assert evals[0]["val/wer"] > 0.5  # it learned during the run
 
 
-def evaluate(weights: Path, *pairs: str) -> dict:
-    """Val metrics of saved weights, in one process over every held-out file."""
-    r = recipe(*pairs)
-    model = r.build_model()
-    model.load_state_dict(load_file(str(weights)))
-    model.eval()
-    _, val = r.build_datasets()
-    sums: dict[str, float] = {}
-    with torch.no_grad():
-        for i in range(0, len(val), 4):
-            _, s = r.step(model, YESNO.collate([val[j] for j in range(i, min(i + 4, len(val)))]))
-            for k, v in s.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-    return r.metrics(sums)
-
-
 def test_two_processes_sum_word_errors_over_every_held_out_file(data_root, tmp_path, trained):
     keys = [f"data.root={data_root}", "data.val_fraction=0.25"]
     more = [f"model.init_from={trained}", "train.epochs=2", "train.lr=0.0003", "train.warmup_steps=0"]
@@ -195,7 +179,7 @@ def test_two_processes_sum_word_errors_over_every_held_out_file(data_root, tmp_p
     logged = [e for e in read_jsonl(run_dir / "metrics.jsonl") if "val/wer" in e]
     assert len(logged) == 2 and logged[-1]["val/wer"] < 0.15  # still recognises the words under DDP
     # 6 held-out files, 3 per rank: only summed word errors give the whole set's WER
-    mine = evaluate(run_dir / "model.safetensors", *keys)
+    mine = evaluate_saved(run_dir, batch_size=4)
     assert logged[-1]["val/wer"] == pytest.approx(mine["wer"], abs=1e-12)
     assert logged[-1]["val/file_acc"] == pytest.approx(mine["file_acc"], abs=1e-12)
     assert logged[-1]["val/loss"] == pytest.approx(mine["loss"], rel=1e-4)
