@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from launcher.config import DataSection, ModelSection
+from benchmarks.mlp_recipe import MlpData, MlpModel, build_mlp, synthetic
 from recipes.base import Recipe
 
 # Called at the start of every training step of the bench recipe (set by the benchmark).
@@ -65,34 +64,9 @@ class Lockstep:
             self.cond.notify_all()
 
 
-class BenchModel(ModelSection):
-    hidden: int = Field(512, ge=1)
-    depth: int = Field(3, ge=1)
-
-
-class BenchData(DataSection):
-    size: int = Field(8192, ge=64)
-    features: int = Field(64, ge=1)
-    classes: int = Field(10, ge=2)
-
-
-def make_model(features: int, hidden: int, depth: int, classes: int) -> torch.nn.Module:
-    # No dropout: the two loops share the process's global RNG while they take turns.
-    layers: list[torch.nn.Module] = []
-    width = features
-    for _ in range(depth):
-        layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU()]
-        width = hidden
-    layers.append(torch.nn.Linear(width, classes))
-    return torch.nn.Sequential(*layers)
-
-
-def make_data(size: int, features: int, classes: int) -> torch.utils.data.TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(size, features, generator=g)
-    w = torch.randn(features, classes, generator=g)
-    y = (x @ w).argmax(1)
-    return torch.utils.data.TensorDataset(x, y)
+# The same MLP and data as the `launch`-able benchmark recipe (one definition for both).
+make_model = build_mlp  # no dropout: the two lock-step loops share the process's global RNG
+make_data = synthetic
 
 
 def seed_all(seed: int) -> None:
@@ -105,8 +79,8 @@ class BenchRecipe(Recipe):
     """MLP on synthetic data; records step start times and losses (benchmarks only)."""
 
     name = "bench"
-    Model = BenchModel
-    Data = BenchData
+    Model = MlpModel
+    Data = MlpData
 
     def build_model(self):
         m, d = self.cfg.model, self.cfg.data

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import table  # noqa: E402
+from benchmarks.mlp_recipe import runtime_overrides  # noqa: E402
 
 TARGET = 1.02
 SEED = 0
@@ -147,19 +148,7 @@ def write_config(args, run_dir: Path) -> None:
     from launcher.rundir import write_atomic
 
     overrides = [
-        ("recipe", SPEC),
-        ("run.seed", str(SEED)),
-        ("train.epochs", str(args.epochs)),
-        ("train.batch_size", str(args.batch_size)),
-        ("train.lr", str(args.lr)),
-        ("train.momentum", "0.9"),
-        ("train.log_every", "50"),
-        ("model.hidden", str(args.hidden)),
-        ("model.depth", str(args.depth)),
-        ("data.size", str(args.size)),
-        ("data.features", str(args.features)),
-        ("log.backends", "[jsonl]"),
-        ("log.quiet", "true"),
+        *runtime_overrides(SPEC, SEED, args),
         ("dist.procs", str(args.procs)),
         ("dist.device", "cpu"),
         ("dist.strategy", "ddp"),

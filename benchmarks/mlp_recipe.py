@@ -28,6 +28,25 @@ class MlpData(DataSection):
     classes: int = Field(10, ge=2)
 
 
+def runtime_overrides(spec: str, seed: int, args) -> list[tuple[str, str]]:
+    """Config of the runtime side: the same model, data, seed and SGD as the hand-written loop."""
+    return [
+        ("recipe", spec),
+        ("run.seed", str(seed)),
+        ("train.epochs", str(args.epochs)),
+        ("train.batch_size", str(args.batch_size)),
+        ("train.lr", str(args.lr)),
+        ("train.momentum", "0.9"),
+        ("train.log_every", "50"),
+        ("model.hidden", str(args.hidden)),
+        ("model.depth", str(args.depth)),
+        ("data.size", str(args.size)),
+        ("data.features", str(args.features)),
+        ("log.backends", "[jsonl]"),
+        ("log.quiet", "true"),
+    ]
+
+
 def build_mlp(features: int, hidden: int, depth: int, classes: int):
     import torch
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, table  # noqa: E402
+from benchmarks.mlp_recipe import runtime_overrides  # noqa: E402
 from launcher import config as cfgmod  # noqa: E402
 from launcher.recipe_loader import load_recipe  # noqa: E402
 from launcher.rundir import RunDir, write_atomic  # noqa: E402
@@ -75,22 +76,7 @@ def runtime_run(args, workdir: Path, lock: common.Lockstep) -> None:
     from launcher.runtime.worker import main as worker_main
 
     torch.set_num_threads(args.threads)
-    overrides = [
-        ("recipe", SPEC),
-        ("run.seed", str(SEED)),
-        ("train.epochs", str(args.epochs)),
-        ("train.batch_size", str(args.batch_size)),
-        ("train.lr", str(args.lr)),
-        ("train.momentum", "0.9"),
-        ("train.log_every", "50"),
-        ("model.hidden", str(args.hidden)),
-        ("model.depth", str(args.depth)),
-        ("data.size", str(args.size)),
-        ("data.features", str(args.features)),
-        ("log.backends", "[jsonl]"),
-        ("log.quiet", "true"),
-    ]
-    cfg = cfgmod.resolve(load_recipe(SPEC), [], overrides)
+    cfg = cfgmod.resolve(load_recipe(SPEC), [], runtime_overrides(SPEC, SEED, args))
     run_dir = RunDir(Path(tempfile.mkdtemp(dir=workdir)))
     write_atomic(run_dir.config, cfgmod.to_yaml(cfg))
     try:
