@@ -9,7 +9,6 @@ plotting (Agg backend: no display needed).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import click
 
 from launcher.errors import LaunchError
-from launcher.rundir import CONFIG_FILE, METRICS_FILE, REPORT_DIR, RunDir
+from launcher.rundir import CONFIG_FILE, METRICS_FILE, REPORT_DIR, RunDir, ensure_writable_dir
 from launcher.runtime.loggers import read_events
 
 
@@ -273,15 +272,7 @@ def report_command(run_dirs: tuple[str, ...], out: str | None) -> int:
     runs = [load_run(Path(p)) for p in run_dirs]
     _labels(runs)
     out_dir = Path(out) if out else runs[0].path / REPORT_DIR
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{time.time_ns()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise LaunchError(
-            f"cannot write the report to {out_dir} ({e.strerror or e}); pass --out <a writable directory>"
-        ) from None
+    ensure_writable_dir(out_dir, "the report", "pass --out <a writable directory>")
     rows = table(runs)
     written = plots(runs, out_dir)
     summary_md = out_dir / "summary.md"

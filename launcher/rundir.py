@@ -19,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,20 @@ def write_atomic(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def ensure_writable_dir(directory: Path, what: str, fix: str) -> None:
+    """Create ``directory`` and prove a file can be written in it (permissions alone do not tell,
+    e.g. for root or read-only mounts); else one LaunchError line naming ``what`` and ``fix``."""
+    from launcher.errors import LaunchError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}-{time.time_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise LaunchError(f"cannot write {what} to {directory} ({e.strerror or e}); {fix}") from None
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -503,22 +503,14 @@ def make_loggers(
     (for the TensorBoard graph)."""
     from launcher.errors import LaunchError
     from launcher.logsetup import log_dir
-    from launcher.rundir import WANDB_ID_FILE, write_atomic
+    from launcher.rundir import WANDB_ID_FILE, ensure_writable_dir, write_atomic
 
     wanted = list(dict.fromkeys(cfg.log.backends))
     backends: list[Any] = []
     wandb_id = None
     if "wandb" in wanted or "tensorboard" in wanted:
         directory = log_dir(cfg, run_path)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as e:
-            raise LaunchError(
-                f"cannot write the logs to {directory} ({e.strerror or e}); pass log.dir=<a writable directory>"
-            ) from None
+        ensure_writable_dir(directory, "the logs", "pass log.dir=<a writable directory>")
 
     def start(make: Callable[[], Any], name: str) -> None:
         try:
