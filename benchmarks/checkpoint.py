@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 import torchvision
@@ -28,11 +29,6 @@ from benchmarks import table  # noqa: E402
 from launcher.rundir import RunDir  # noqa: E402
 from launcher.runtime import rng  # noqa: E402
 from launcher.runtime.checkpoint import CheckpointManager  # noqa: E402
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2]
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import time
+from statistics import median  # noqa: F401 (benchmarks use common.median)
 
 import numpy as np
 import torch
@@ -110,10 +111,3 @@ def pin_to_one_cpu(index: int = 0) -> int:
     cpu = cpus[index % len(cpus)]
     os.sched_setaffinity(0, {cpu})
     return cpu
-
-
-def median(xs: list[float]) -> float:
-    s, n = sorted(xs), len(xs)
-    if not n:
-        return float("nan")
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2

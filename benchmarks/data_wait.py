@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,12 +42,6 @@ def one_run(work: Path, workers: int, steps: int, tag: str, extra: list[str]) ->
         raise SystemExit(f"num_workers={workers}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
     summary = json.loads(next(out.glob("*/*/summary.json")).read_text())
     return summary["totals"]
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def main() -> None:

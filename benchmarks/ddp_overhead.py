@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,13 +157,6 @@ def write_config(args, run_dir: Path) -> None:
     cfg = cfgmod.resolve(load_recipe(SPEC), [], overrides)
     run_dir.mkdir(parents=True)
     write_atomic(run_dir / "config.yaml", cfgmod.to_yaml(cfg))
-
-
-def median(xs: list[float]) -> float:
-    s, n = sorted(xs), len(xs)
-    if not n:
-        return float("nan")
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def main() -> None:

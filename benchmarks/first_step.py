@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,12 +68,6 @@ def time_to_first_step(argv: list[str], extra_env: dict[str, str], work: Path, r
     if proc.returncode != 0 or not stamp.is_file():
         raise SystemExit(f"{name}: exit {proc.returncode}, no stamp: {proc.stderr.strip()[-500:]}")
     return float(stamp.read_text()) - t0
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def main() -> None:
