@@ -11,6 +11,8 @@ Layout (a contract users script against)::
         wandb_id             the wandb run id (log.backends with wandb): every attempt continues that run
         tensorboard/ wandb/  backend files (or under log.dir)
         report/              `launch report` plots and summary table
+        logs/                rank-R.log (ranks > 0), slurm-JOBID.out (--slurm)
+        submit.sbatch        --slurm: the batch script; slurm_jobs.json: the job ids
 """
 
 from __future__ import annotations
