@@ -136,6 +136,34 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     if list_recipes:
         _print_list()
         return EXIT_COMPLETED
+    prewarmed = None
+    if not (dry_run or show_config) and _asks_for_processes(overrides, opts):
+        from launcher.prewarm import Prewarmed
+
+        # torchrun's interpreter imports torch while this one validates (see launcher/prewarm.py)
+        prewarmed = Prewarmed(("torch.distributed.run",))
+    try:
+        return _launch(overrides, dry_run, show_config, opts, prewarmed)
+    finally:
+        if prewarmed is not None:
+            prewarmed.cancel()  # (no-op if the run started in it)
+
+
+def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
+    """Before the config is resolved (that is what takes time): does the command line ask for
+    several processes on this node? A process count set in a config file is not seen here."""
+    if opts.get("slurm") or any(t.startswith("slurm.enabled=") for t in overrides):
+        return False
+    if (opts.get("procs") or 1) > 1 or (opts.get("gpus") or 1) > 1:
+        return True
+    for token in overrides:
+        key, _, value = token.partition("=")
+        if key == "dist.procs" and value.isdigit() and int(value) > 1:
+            return True
+    return False
+
+
+def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: dict, prewarmed) -> int:
     from launcher import config as cfgmod
     from launcher.commands import build_command
     from launcher.plan import make_plan
@@ -189,7 +217,7 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
         click.echo(f"launch: {global_batch_line(cfg, plan.world_size)}", err=True)
     from launcher import spawn
 
-    return spawn.run(command, run_path)
+    return spawn.run(command, run_path, prewarmed)
 
 
 # `launch NAME ...` for these names runs another click command ("module:attribute", imported lazily so

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from launcher.commands import Command
 from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
+from launcher.prewarm import Prewarmed
 from launcher.rundir import EXIT_CODE_FILE
 
 EXIT_FOR_STATUS = {
@@ -22,21 +23,25 @@ EXIT_FOR_STATUS = {
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 
 
-def run(command: Command, run_dir: Path) -> int:
+def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> int:
     """Run ``command`` and return the documented exit status of the run.
 
     A single process runs the worker in this interpreter (no second start-up; signals reach
-    the training loop directly). Launchers of several processes (torchrun, ...) run as a child:
+    the training loop directly). Launchers of several processes (torchrun, ...) run as a child,
+    in ``prewarmed`` if given (an interpreter that already imported it, see :mod:`launcher.prewarm`):
     signals sent to ``launch`` are forwarded to it, and the exit status comes from the run's
     ``summary.json`` (the launcher's own code cannot tell "stopped" from "failed").
     """
     os.environ.update(command.env)
+    if prewarmed is not None and (command.in_process or not prewarmed.can_run(command.argv)):
+        prewarmed.cancel()
+        prewarmed = None
     if command.in_process:
         from launcher.runtime.worker import main as worker_main  # imports torch: only here
 
         return worker_main(command.argv[-1])
     started = time.time()
-    child = subprocess.Popen(command.argv)
+    child = prewarmed.start(command.argv, dict(os.environ)) if prewarmed else subprocess.Popen(command.argv)
 
     def forward(signum, frame):
         # A Ctrl-C reaches the whole process group anyway; forwarding it again is harmless

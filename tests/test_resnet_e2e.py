@@ -177,4 +177,3 @@ def test_two_processes_on_digits(tmp_path):
     mine = evaluate_saved(run_dir)
     assert logged["val/acc"] == pytest.approx(mine["acc"], abs=1e-12)
     assert logged["val/loss"] == pytest.approx(mine["loss"], rel=1e-4)
-

@@ -14,7 +14,7 @@ from launcher.runtime.data import EpochBatchSampler, SeededBatches, mix_seed
 from launcher.runtime.env import DistEnv
 from launcher.runtime.optim import build_optimizer, build_scheduler, param_groups
 from launcher.runtime.precision import Precision
-from launcher.runtime.rng import Seeded, capture, restore
+from launcher.runtime.rng import capture, restore
 from recipes.base import Recipe
 
 
@@ -89,12 +89,23 @@ def test_seeded_batches_repeat_random_transforms_and_keep_the_global_stream():
     assert ds.__getitems__(batch) == first  # same batch seed, same "augmentation"
 
 
-def test_seeded_context_restores_torch_state():
-    torch.manual_seed(5)
-    state = torch.get_rng_state()
-    with Seeded(123):
-        torch.rand(10)
-    assert torch.get_rng_state().equal(state)
+def test_only_datasets_that_may_draw_random_numbers_are_seeded_per_batch():
+    from launcher.runtime.data import make_loader
+
+    tensors = torch.utils.data.TensorDataset(torch.arange(10.0))
+    sampler = EpochBatchSampler(10, 5, shuffle=False, seed=0)
+
+    def wrapped(ds):
+        return isinstance(make_loader(ds, sampler, num_workers=0, pin_memory=False, seed=0).dataset, SeededBatches)
+
+    assert not wrapped(tensors)
+    assert not wrapped(torch.utils.data.Subset(torch.utils.data.Subset(tensors, [1, 2, 3]), [0, 1]))
+
+    class Augmented(torch.utils.data.TensorDataset):  # a subclass may add random transforms
+        pass
+
+    assert wrapped(Augmented(torch.arange(10.0)))
+    assert wrapped(torch.utils.data.Subset(Augmented(torch.arange(10.0)), [1, 2]))
 
 
 def test_rng_capture_restore_round_trip():

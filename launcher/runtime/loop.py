@@ -240,12 +240,10 @@ class Trainer:
     def _add_window(self, sums: dict[str, Any]) -> None:
         w = self.window
         for k, v in sums.items():
-            if isinstance(v, torch.Tensor):
-                v = v.detach()
-            if k in w:
-                w[k] = w[k] + v
-            else:
-                w[k] = v
+            if isinstance(v, torch.Tensor) and v.requires_grad:
+                v = v.detach()  # (kept with its graph, the window would hold every step's graph)
+            old = w.get(k)
+            w[k] = v if old is None else old + v
 
     def _window_train_time(self) -> float:
         """Seconds of training steps in the current logging window (evaluation and checkpoints excluded)."""
@@ -274,21 +272,6 @@ class Trainer:
             return engine.get_global_grad_norm()
         grads = [q.grad for q in self.params if q.grad is not None]
         return torch.nn.utils.get_total_norm(grads) if grads else None
-
-    def _timed(self, loader):
-        """The loader's batches; the time spent waiting for each one goes to ``window_wait``."""
-        clock = time.perf_counter
-        t0 = clock()
-        it = iter(loader)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                self.window_wait += clock() - t0
-                return
-            self.window_wait += clock() - t0
-            yield batch
-            t0 = clock()
 
     def _log_train(self) -> None:
         totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in self.window.items()})
@@ -420,13 +403,23 @@ class Trainer:
         max_steps = t.max_steps or math.inf
         device = p.strategy.device
         non_blocking = device.type == "cuda"
+        move = device.type != "cpu"  # the loader's batches are already on the CPU
+        convert = p.precision.converts_input
         model, optimizer, scheduler, precision, recipe = p.model, p.optimizer, p.scheduler, p.precision, p.recipe
         step_scheduler = scheduler is not None and not self.plateau
         clip = t.grad_clip
         sampler = p.train_sampler
         n_batches = sampler.batches_per_epoch()
         finished = self.trackers.early_stopped or prog.global_step >= max_steps
-        stop_check = StopCheck(p.strategy, p.stop, prog.global_step)
+        stop = p.stop
+        # one process looks at its flag every step; ranks must agree (a collective, so not every step)
+        stop_check = StopCheck(p.strategy, stop, prog.global_step) if p.world_size > 1 else None
+        clock = time.perf_counter
+        # bound once: the loop below runs every step, and small models expose every lookup
+        autocast, backward, optimizer_step = precision.autocast, precision.backward, precision.step
+        recipe_step, zero_grad, add_window = recipe.step, optimizer.zero_grad, self._add_window
+        progress_bar = p.console.update
+        plain = accum == 1 and precision.plain  # no accumulation, autocast or loss scaling
         is_main = p.strategy.is_main
         loggers = p.loggers
         hist_every = loggers.histogram_every if loggers is not None else 0
@@ -438,23 +431,40 @@ class Trainer:
         while not finished and prog.epoch < t.epochs:
             sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
             model.train()
-            for batch in self._timed(p.train_loader):
+            batches = iter(p.train_loader)
+            while True:
+                t0 = clock()
+                batch = next(batches, _END)
+                self.window_wait += clock() - t0  # time blocked in the data loader
+                if batch is _END:
+                    break
                 i = prog.batch_in_epoch
                 prog.batch_in_epoch = i + 1
                 boundary = prog.batch_in_epoch % accum == 0 or prog.batch_in_epoch == n_batches
                 # gradient of the group's mean, also for a shorter last group
                 divisor = min(accum, n_batches - (i // accum) * accum)
-                batch = precision.convert_input(to_device(batch, device, non_blocking))
-                with p.strategy.no_sync(model) if not boundary else _NULL:
-                    with precision.autocast():
-                        loss, sums = recipe.step(model, batch)
-                    precision.backward(loss / divisor if divisor != 1 else loss)
-                self._add_window(sums)
+                if move:
+                    batch = to_device(batch, device, non_blocking)
+                if convert:
+                    batch = precision.convert_input(batch)
+                if plain:  # (the common case, without the wrappers below)
+                    loss, sums = recipe_step(model, batch)
+                    loss.backward()
+                else:
+                    with p.strategy.no_sync(model) if not boundary else _NULL:
+                        with autocast():
+                            loss, sums = recipe_step(model, batch)
+                        backward(loss / divisor if divisor != 1 else loss)
+                add_window(sums)
                 n = sums.get("count")
                 self.window_samples += int(n) if n is not None else 0
                 if not boundary:
                     continue
-                norm = precision.step(optimizer, self.params, clip)  # pre-clip norm when clipping
+                if plain and clip is None:
+                    optimizer.step()
+                    norm = None
+                else:
+                    norm = optimizer_step(optimizer, self.params, clip)  # pre-clip norm when clipping
                 upcoming = prog.global_step + 1
                 if norm is not None:
                     self.grad_norm, self.grad_norm_step = norm, upcoming
@@ -462,11 +472,11 @@ class Trainer:
                     self.grad_norm, self.grad_norm_step = self._grad_norm(), upcoming
                 if hist_every and upcoming % hist_every == 0:
                     loggers.histograms(unwrapped, upcoming)
-                optimizer.zero_grad(set_to_none=True)
+                zero_grad(set_to_none=True)
                 if step_scheduler:
                     scheduler.step()
                 prog.global_step += 1
-                p.console.update()
+                progress_bar()
                 step = prog.global_step
                 if step % log_every == 0:
                     self._log_train()
@@ -474,7 +484,7 @@ class Trainer:
                     finished = True
                 if every_ckpt and step % every_ckpt == 0:
                     self.save()
-                if stop_check(step):  # (distributed: a collective about every 0.5 s, not every step)
+                if stop.status is not None if stop_check is None else stop_check(step):
                     return self._stop()
                 if finished or step >= max_steps:
                     finished = True
@@ -504,3 +514,4 @@ class Trainer:
 
 
 _NULL = nullcontext()  # reusable: no object per step
+_END = object()  # the end of an epoch's batches

@@ -49,8 +49,18 @@ class Precision:
 
     def autocast(self):
         if self._dtype is None:
-            return nullcontext()
+            return _NULL
         return torch.autocast(self.device.type, dtype=self._dtype)
+
+    @property
+    def plain(self) -> bool:
+        """No autocast and no loss scaling: backward and step are the plain torch calls."""
+        return self._dtype is None and self.scaler is None
+
+    @property
+    def converts_input(self) -> bool:
+        """Whether :meth:`convert_input` changes batches (the loop skips the call otherwise)."""
+        return self.name == "bf16-true"
 
     def convert_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(torch.bfloat16) if self.name == "bf16-true" else model
@@ -85,3 +95,6 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+_NULL = nullcontext()  # reusable: no object per step

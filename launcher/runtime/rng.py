@@ -36,30 +36,3 @@ def restore(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class Seeded:
-    """Context manager: run a block (a batch's data loading) with RNGs seeded from ``seed``.
-
-    Used per batch for data augmentation, so the random transforms of batch *k* of epoch *e*
-    are the same whether the epoch ran in one go or was resumed at batch *k*, and whatever the
-    number of loader workers. torch's CPU generator is restored afterwards, so the training
-    step (dropout) sees the same stream as without the wrapper. Python's ``random`` is only
-    reseeded, not restored: saving its 625-word state costs ~15 us per batch, and reseeding
-    alone keeps every run, resumed or not, deterministic.
-    """
-
-    __slots__ = ("seed", "_saved")
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        gen = torch.default_generator
-        self._saved = gen.get_state()
-        random.seed(self.seed)
-        # Only the CPU generator: torch.manual_seed would also reseed (and not restore) CUDA.
-        gen.manual_seed(self.seed)
-
-    def __exit__(self, *exc) -> None:
-        torch.default_generator.set_state(self._saved)

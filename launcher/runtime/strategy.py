@@ -278,6 +278,9 @@ class Accelerate(DDP):
 class AcceleratePrecision:
     """Precision through the Accelerator (its autocast, its GradScaler)."""
 
+    plain = False  # backward and step go through the engine (see Trainer.fit)
+    converts_input = True
+
     def __init__(self, accelerator, name: str) -> None:
         self.accelerator, self.name = accelerator, name
 
@@ -415,6 +418,9 @@ class DeepSpeed(DDP):
 
 class DeepSpeedPrecision:
     """The engine owns precision: bf16/fp16 weights, loss scaling, clipping (config)."""
+
+    plain = False  # backward and step go through the engine (see Trainer.fit)
+    converts_input = True
 
     def __init__(self, strategy: DeepSpeed, name: str) -> None:
         self.strategy, self.name = strategy, name

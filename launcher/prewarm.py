@@ -1,0 +1,93 @@
+"""Start the launcher's interpreter (torchrun) before the command is known.
+
+``launch ... --procs N`` spends ~0.3-0.5 s validating the config and preparing the run
+directory before it can start torchrun, whose agent then spends 2-3 s importing torch before it
+starts the workers. Both are on the critical path to the first training step. So ``launch``
+starts a child interpreter first (``python -m launcher.prewarm MODULE``), which imports MODULE
+while the parent validates on another core, then waits on a pipe for the real command:
+
+- ``Prewarmed.start(argv, env)`` sends ``python -m X ARGS...`` with its whole environment; the
+  child sets both and runs module X as ``__main__`` -- exactly what ``python -m X ARGS...`` would
+  do, minus the imports already done.
+- ``Prewarmed.cancel()`` (bad input, ``--slurm``, a single process after all, ...) kills it. It
+  has done nothing the user could see: no output, no files.
+
+The child's stdin, stdout and stderr are the parent's (a breakpoint in a worker still works); the
+command travels on a separate pipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+
+class Prewarmed:
+    def __init__(self, modules: tuple[str, ...], python: str = sys.executable) -> None:
+        read, self._write = os.pipe()
+        try:
+            self.proc = subprocess.Popen([python, "-m", __name__, str(read), *modules], pass_fds=(read,))
+        finally:
+            os.close(read)
+        self.python = python
+        self.started = False
+
+    def can_run(self, argv: list[str]) -> bool:
+        """Whether ``argv`` is ``python -m MODULE ...`` with the same interpreter (what it can run)."""
+        return len(argv) >= 3 and argv[0] == self.python and argv[1] == "-m"
+
+    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Run ``argv`` (``python -m MODULE ARGS...``) with exactly ``env`` in the child."""
+        self.started = True
+        message = json.dumps({"module": argv[2], "args": argv[3:], "env": env}).encode()
+        with os.fdopen(self._write, "wb") as pipe:
+            pipe.write(message)
+        return self.proc
+
+    def cancel(self) -> None:
+        """The child is not needed: stop it (it has written nothing). No-op once started."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            os.close(self._write)
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _child(read_fd: int, modules: list[str]) -> None:
+    import signal
+
+    # Until the command arrives this process is invisible: a Ctrl-C (sent to the whole process
+    # group) or a failed import ends it quietly; the parent reports what matters.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the real command will import it again and report the problem
+            pass
+    with os.fdopen(read_fd, "rb") as pipe:
+        message = pipe.read()
+    if not message:
+        sys.exit(0)  # cancelled
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    request = json.loads(message)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import runpy
+
+    module = request["module"]
+    # `python -m X` runs X's body as __main__, not the copy imported above (only its imports are kept)
+    sys.modules.pop(module, None)
+    sys.argv = [module, *request["args"]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]), sys.argv[2:])
