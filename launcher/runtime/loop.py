@@ -419,7 +419,6 @@ class Trainer:
         autocast, backward, optimizer_step = precision.autocast, precision.backward, precision.step
         recipe_step, zero_grad, add_window = recipe.step, optimizer.zero_grad, self._add_window
         progress_bar = p.console.update
-        plain = accum == 1 and precision.plain  # no accumulation, autocast or loss scaling
         is_main = p.strategy.is_main
         loggers = p.loggers
         hist_every = loggers.histogram_every if loggers is not None else 0
@@ -447,24 +446,16 @@ class Trainer:
                     batch = to_device(batch, device, non_blocking)
                 if convert:
                     batch = precision.convert_input(batch)
-                if plain:  # (the common case, without the wrappers below)
-                    loss, sums = recipe_step(model, batch)
-                    loss.backward()
-                else:
-                    with p.strategy.no_sync(model) if not boundary else _NULL:
-                        with autocast():
-                            loss, sums = recipe_step(model, batch)
-                        backward(loss / divisor if divisor != 1 else loss)
+                with p.strategy.no_sync(model) if not boundary else _NULL:
+                    with autocast():
+                        loss, sums = recipe_step(model, batch)
+                    backward(loss / divisor if divisor != 1 else loss)
                 add_window(sums)
                 n = sums.get("count")
                 self.window_samples += int(n) if n is not None else 0
                 if not boundary:
                     continue
-                if plain and clip is None:
-                    optimizer.step()
-                    norm = None
-                else:
-                    norm = optimizer_step(optimizer, self.params, clip)  # pre-clip norm when clipping
+                norm = optimizer_step(optimizer, self.params, clip)  # pre-clip norm when clipping
                 upcoming = prog.global_step + 1
                 if norm is not None:
                     self.grad_norm, self.grad_norm_step = norm, upcoming

@@ -53,11 +53,6 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self._dtype)
 
     @property
-    def plain(self) -> bool:
-        """No autocast and no loss scaling: backward and step are the plain torch calls."""
-        return self._dtype is None and self.scaler is None
-
-    @property
     def converts_input(self) -> bool:
         """Whether :meth:`convert_input` changes batches (the loop skips the call otherwise)."""
         return self.name == "bf16-true"

@@ -278,8 +278,7 @@ class Accelerate(DDP):
 class AcceleratePrecision:
     """Precision through the Accelerator (its autocast, its GradScaler)."""
 
-    plain = False  # backward and step go through the engine (see Trainer.fit)
-    converts_input = True
+    converts_input = True  # (Trainer.fit calls convert_input only where this is true)
 
     def __init__(self, accelerator, name: str) -> None:
         self.accelerator, self.name = accelerator, name
@@ -419,8 +418,7 @@ class DeepSpeed(DDP):
 class DeepSpeedPrecision:
     """The engine owns precision: bf16/fp16 weights, loss scaling, clipping (config)."""
 
-    plain = False  # backward and step go through the engine (see Trainer.fit)
-    converts_input = True
+    converts_input = True  # (Trainer.fit calls convert_input only where this is true)
 
     def __init__(self, strategy: DeepSpeed, name: str) -> None:
         self.strategy, self.name = strategy, name
