@@ -198,3 +198,61 @@ def test_strip_prefixes_and_weights_file_formats(tmp_path):
 def test_default_metrics_divide_sums_by_count():
     m = Recipe(None).metrics({"loss": 6.0, "correct": 3.0, "count": 4.0})
     assert m == {"loss": 1.5, "acc": 0.75}
+
+
+def test_fold_window_adds_each_key_exactly():
+    from launcher.runtime.loop import fold_window
+
+    window = [
+        {"loss": torch.tensor(1.5), "correct": torch.tensor(2**40 + 1), "count": 8},
+        {"loss": torch.tensor([2.5]), "correct": torch.tensor(3), "count": 8},  # shape (1,) beside ()
+        {"loss": 0.25, "count": 4, "extra": torch.tensor(7.0)},  # a number, and a key of one step only
+    ]
+    out = fold_window(window)
+    assert out["count"] == 20 and isinstance(out["count"], int)
+    assert out["loss"].item() == 4.25
+    assert out["correct"].dtype == torch.int64 and out["correct"].item() == 2**40 + 4  # no float rounding
+    assert out["extra"].item() == 7.0
+    assert fold_window([]) == {}
+
+
+def test_training_window_detaches_and_stays_bounded():
+    from types import SimpleNamespace
+
+    from launcher.runtime.loop import WINDOW_FOLD, Trainer, fold_window
+
+    w = torch.ones((), requires_grad=True)
+    trainer = SimpleNamespace(window=[])
+    steps = 2 * WINDOW_FOLD + 3
+    for _ in range(steps):
+        Trainer._add_window(trainer, {"loss": w * 2, "count": 1})
+    assert len(trainer.window) <= WINDOW_FOLD
+    assert not any(s["loss"].requires_grad for s in trainer.window)  # no step's graph is kept
+    total = fold_window(trainer.window)
+    assert total["loss"].item() == 2 * steps and total["count"] == steps
+
+
+def test_step_result_is_checked_at_the_first_call_only(tmp_path, monkeypatch):
+    """The contract check of ``step()`` stands in for the recipe's method once, then steps aside:
+    the loop must not keep calling it (it cost ~15 us of every step)."""
+    from launcher import config as cfgmod
+    from launcher import recipe_loader
+    from launcher.rundir import RunDir, write_atomic
+    from launcher.runtime.worker import main as worker_main
+    from tests.conftest import TINY
+
+    calls = []
+    check = recipe_loader.check_step_result
+    monkeypatch.setattr(recipe_loader, "check_step_result", lambda *a, **k: calls.append(1) or check(*a, **k))
+    overrides = [
+        ("recipe", TINY),
+        ("log.quiet", "true"),
+        ("log.backends", "[jsonl]"),
+        ("run.output_dir", str(tmp_path)),
+    ]
+    cfg = cfgmod.resolve(recipe_loader.load_recipe(TINY), [], overrides)
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    write_atomic(rd.config, cfgmod.to_yaml(cfg))
+    assert worker_main(str(rd.path)) == 0
+    assert len(calls) == 1

@@ -93,8 +93,9 @@ class Trainer:
         self.cfg = parts.cfg
         self.progress = Progress()
         self.trackers = Trackers()
-        self.window: dict[str, Any] = {}
-        self.window_samples = 0
+        # the sums of each step since the last log, added up only when logged (fold_window):
+        # one list append per step instead of one tensor addition per metric
+        self.window: list[dict[str, Any]] = []
         self.window_start = time.perf_counter()
         self.window_carry = 0.0  # training seconds of the current window before this attempt
         self.window_wait = 0.0  # seconds of the window spent waiting for data
@@ -122,10 +123,10 @@ class Trainer:
             ckpt.K_TRACKERS: {
                 **asdict(self.trackers),
                 # kept as they are (dtype included), so the logged values after a resume are exact
-                "window": {
-                    k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self.window.items()
-                },
-                "window_samples": self.window_samples,
+                "window": [
+                    {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in sums.items()}
+                    for sums in self.window
+                ],
                 "window_time": self._window_train_time(),
                 "window_wait": self.window_wait,
                 "window_step0": self.window_step0,
@@ -167,13 +168,17 @@ class Trainer:
             self.progress.batch_in_epoch = consumed // self.p.world_size
             self.progress.world_size = self.p.world_size
         tr = dict(state[ckpt.K_TRACKERS])
-        window = tr.pop("window", {})
-        self.window_samples = tr.pop("window_samples", 0)
+        window = tr.pop("window", [])
+        tr.pop("window_samples", None)  # written by earlier versions; now the window's "count"
         self.window_carry = tr.pop("window_time", 0.0)
         self.window_wait = tr.pop("window_wait", 0.0)
         self.window_step0 = tr.pop("window_step0", self.progress.global_step)
         device = self.p.strategy.device
-        self.window = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in window.items()}
+        if isinstance(window, dict):  # earlier versions kept the running sums
+            window = [window] if window else []
+        self.window = [
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sums.items()} for sums in window
+        ]
         self.trackers = Trackers(**tr)
         if loaded["rng"] is not None:
             rng.restore(loaded["rng"])
@@ -238,12 +243,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
     def _add_window(self, sums: dict[str, Any]) -> None:
-        w = self.window
-        for k, v in sums.items():
+        for v in sums.values():
             if isinstance(v, torch.Tensor) and v.requires_grad:
-                v = v.detach()  # (kept with its graph, the window would hold every step's graph)
-            old = w.get(k)
-            w[k] = v if old is None else old + v
+                # kept with its graph, the window would hold every step's graph
+                sums = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in sums.items()}
+                break
+        window = self.window
+        window.append(sums)
+        if len(window) >= WINDOW_FOLD:  # a long log_every: bounded memory (and still exact on resume)
+            self.window = [fold_window(window)]
 
     def _window_train_time(self) -> float:
         """Seconds of training steps in the current logging window (evaluation and checkpoints excluded)."""
@@ -274,13 +282,13 @@ class Trainer:
         return torch.nn.utils.get_total_norm(grads) if grads else None
 
     def _log_train(self) -> None:
-        totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in self.window.items()})
+        totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
         metrics = {f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()}
         prog, t = self.progress, self.trackers
         train_time = max(self._window_train_time(), 1e-9)
         wait = min(self.window_wait, train_time)
         steps = max(1, prog.global_step - self.window_step0)
-        samples = self.window_samples * self.p.world_size
+        samples = totals.get("count", 0)  # of all ranks
         event = {
             "step": prog.global_step,
             "epoch": prog.epoch,
@@ -303,7 +311,7 @@ class Trainer:
         t.samples_trained += samples
         t.time_train += train_time
         t.time_data_wait += wait
-        self.window, self.window_samples = {}, 0
+        self.window = []
         self.window_carry = self.window_wait = self.window_other = 0.0
         self.window_step0 = prog.global_step
         self.grad_norm = None
@@ -417,7 +425,8 @@ class Trainer:
         clock = time.perf_counter
         # bound once: the loop below runs every step, and small models expose every lookup
         autocast, backward, optimizer_step = precision.autocast, precision.backward, precision.step
-        recipe_step, zero_grad, add_window = recipe.step, optimizer.zero_grad, self._add_window
+        # (not recipe.step: it is a checking stand-in until its first call returns, then steps aside)
+        zero_grad, add_window = optimizer.zero_grad, self._add_window
         progress_bar = p.console.update
         is_main = p.strategy.is_main
         loggers = p.loggers
@@ -448,11 +457,9 @@ class Trainer:
                     batch = precision.convert_input(batch)
                 with p.strategy.no_sync(model) if not boundary else _NULL:
                     with autocast():
-                        loss, sums = recipe_step(model, batch)
+                        loss, sums = recipe.step(model, batch)
                     backward(loss / divisor if divisor != 1 else loss)
                 add_window(sums)
-                n = sums.get("count")
-                self.window_samples += int(n) if n is not None else 0
                 if not boundary:
                     continue
                 norm = optimizer_step(optimizer, self.params, clip)  # pre-clip norm when clipping
@@ -504,5 +511,28 @@ class Trainer:
         return status, EXIT_FOR.get(status, 130)
 
 
+def fold_window(window: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-step sums of a logging window added up, key by key.
+
+    The tensors of a key become one stacked sum (two operations on the device, however long
+    the window, and no host sync); plain numbers are added in Python."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for sums in window for k in sums):
+        values = [sums[key] for sums in window if key in sums]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        total: Any = sum(v for v in values if not isinstance(v, torch.Tensor))
+        if len(tensors) == 1:
+            total = tensors[0] + total if total else tensors[0]
+        elif tensors:
+            try:
+                stacked = torch.stack(tensors).sum()
+            except RuntimeError:  # one-element tensors of different shapes: (1,) and ()
+                stacked = torch.stack([t.reshape(()) for t in tensors]).sum()
+            total = stacked + total if total else stacked
+        out[key] = total
+    return out
+
+
+WINDOW_FOLD = 512  # per-step sums kept before they are folded into one
 _NULL = nullcontext()  # reusable: no object per step
 _END = object()  # the end of an epoch's batches
