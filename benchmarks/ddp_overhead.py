@@ -10,8 +10,10 @@ on the default group). They take turns step by step as in ``benchmarks/overhead.
 order on every rank, so their collectives never cross), each rank pinned to its own CPU; each
 side's step time excludes waiting for the other side's turn (it includes waiting for the other
 rank inside its own collectives, as in any DDP job). ``OMP_NUM_THREADS=1`` for both (torchrun's
-default; `launch` sets cores // procs, the same on 2 cores). Prints the median over rounds of the
-step-time ratio (target <= 1.02) and whether the per-rank loss sequences are bit-identical.
+default; `launch` sets cores // procs, the same on 2 cores). A rank's ratio is the median over
+steps of (our step i) / (the hand-written loop's step i), as in ``overhead.py``; a round's is the
+mean over ranks. Prints the median over rounds (target <= 1.02) and whether the per-rank loss
+sequences are bit-identical.
 """
 
 from __future__ import annotations
@@ -180,12 +182,14 @@ def main() -> None:
         worker(args)
         return
 
+    from benchmarks import common
+
     t0 = time.perf_counter()
     ratios, identical, steps = [], True, 0
     for r in range(args.rounds):
         results = one_job(args, runtime_first=r % 2 == 1)  # the leader alternates
-        # each rank: the ratio of the two loops' median step times; a round: the mean over ranks
-        per_rank = [median(x["runtime"]) / median(x["vanilla"]) for x in results]
+        # each rank: the median of its paired step ratios (common.paired_ratio); a round: the mean over ranks
+        per_rank = [common.paired_ratio(x["runtime"], x["vanilla"]) for x in results]
         ratios.append(sum(per_rank) / len(per_rank))
         same = all(x["identical"] for x in results)
         identical &= same

@@ -26,7 +26,7 @@ from benchmarks import table  # noqa: E402
 
 # name -> (script, full arguments, --quick arguments)
 BENCHMARKS = {
-    "overhead": ("overhead.py", [], ["--rounds", "1", "--epochs", "1"]),
+    "overhead": ("overhead.py", [], ["--rounds", "1", "--epochs", "1", "--probe-rounds", "1"]),
     "ddp": ("ddp_overhead.py", [], ["--rounds", "1", "--epochs", "1"]),
     "cli": ("cli_speed.py", [], ["--repeats", "3"]),
     "first_step": ("first_step.py", [], ["--repeats", "1"]),

@@ -18,7 +18,7 @@ OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
 class Row:
     name: str
     value: float | bool | None  # None: not measured (e.g. skipped)
-    unit: str = ""  # "x" (a ratio), "s", "ms", "%", "" (plain)
+    unit: str = ""  # "x" (a ratio), "s", "ms", "us", "%", "" (plain)
     op: str | None = None  # how value compares with limit; None: reported, no target
     limit: float | bool | None = None
     note: str = ""  # how it was measured, in a few words
@@ -45,6 +45,8 @@ def fmt(value: float | bool | None, unit: str) -> str:
         return f"{value:.2f} s" if abs(value) >= 0.1 else f"{value * 1e3:.0f} ms"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "us":
+        return f"{value:.0f} us"
     return f"{value:.4g}" + (f" {unit}" if unit else "")
 
 

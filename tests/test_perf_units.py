@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks import gpu_profile, table
+from benchmarks import common, gpu_profile, table
 from launcher.runtime.signals import StopCheck
 from tests.conftest import ROOT, launch_env
 
@@ -42,6 +42,20 @@ def test_fmt_units():
     assert table.fmt(0.9871, "x") == "0.987"
     assert table.fmt(None, "x") == "-"
     assert table.fmt(False, "") == "no"
+    assert table.fmt(23.4, "us") == "23 us"
+
+
+def test_paired_ratio_compares_neighbouring_steps():
+    # the machine slows down for half of the round, for both loops alike; ours is 1 % slower
+    base = [1.0] * 50 + [1.5] * 50
+    ours = [v * 1.01 for v in base]
+    ours[::7] = [v * 1.2 for v in ours[::7]]  # and some of our steps are outliers (logging)
+    assert common.paired_ratio(ours, base) == pytest.approx(1.01)
+    assert common.paired_cost([v + 0.02 for v in base], base) == pytest.approx(0.02)
+    # steps that were not neighbours in time: the ratio is not the 1 % any more
+    assert abs(common.paired_ratio(ours, base[50:] + base[:50]) - 1.01) > 0.05
+    # a last unmatched step (the closing interval of one loop) is ignored
+    assert common.paired_ratio(ours + [9.0], base) == pytest.approx(1.01)
 
 
 def test_peak_table_matches_the_specific_name_first():
