@@ -137,16 +137,36 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
         _print_list()
         return EXIT_COMPLETED
     prewarmed = None
-    if not (dry_run or show_config) and _asks_for_processes(overrides, opts):
+    modules = _prewarm_modules(overrides, opts)
+    if not (dry_run or show_config) and modules:
         from launcher.prewarm import Prewarmed
 
-        # torchrun's interpreter imports torch while this one validates (see launcher/prewarm.py)
-        prewarmed = Prewarmed(("torch.distributed.run",))
+        # the training interpreter (or torchrun's) imports torch while this one validates (launcher/prewarm.py)
+        prewarmed = Prewarmed(modules)
     try:
         return _launch(overrides, dry_run, show_config, opts, prewarmed)
     finally:
         if prewarmed is not None:
             prewarmed.cancel()  # (no-op if the run started in it)
+
+
+# What the single-process worker imports anyway (torch first: most of the time).
+WORKER_IMPORTS = (
+    "torch",
+    "launcher.runtime.worker",
+    "launcher.runtime.strategy",
+    "launcher.runtime.loop",
+    "launcher.runtime.loggers",
+    "launcher.runtime.optim",
+)
+
+
+def _prewarm_modules(overrides: tuple[str, ...], opts: dict) -> tuple[str, ...] | None:
+    """What the interpreter started before validation should import: torchrun for several
+    processes, the worker for one; nothing for Slurm (it runs elsewhere)."""
+    if opts.get("slurm") or any(t.startswith("slurm.enabled=") for t in overrides):
+        return None
+    return ("torch.distributed.run",) if _asks_for_processes(overrides, opts) else WORKER_IMPORTS
 
 
 def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:

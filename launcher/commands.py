@@ -18,7 +18,7 @@ WORKER_MODULE = "launcher.runtime.worker"
 class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the current environment
-    in_process: bool = False  # single process: run the worker inside `launch` (no second interpreter)
+    in_process: bool = False  # the worker itself (one process): may also run inside `launch` (spawn.run)
 
     def render(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))

@@ -1,14 +1,17 @@
-"""Start the launcher's interpreter (torchrun) before the command is known.
+"""Start the interpreter that will train (or run torchrun) before the command is known.
 
-``launch ... --procs N`` spends ~0.3-0.5 s validating the config and preparing the run
-directory before it can start torchrun, whose agent then spends 2-3 s importing torch before it
-starts the workers. Both are on the critical path to the first training step. So ``launch``
-starts a child interpreter first (``python -m launcher.prewarm MODULE``), which imports MODULE
-while the parent validates on another core, then waits on a pipe for the real command:
+``launch`` spends ~0.3 s validating the config and preparing the run directory before it can
+start training, and the training interpreter then spends 2-3 s importing torch (torchrun's agent
+too, before it starts its workers). Both are on the critical path to the first training step. So
+``launch`` starts a child interpreter first (``python -m launcher.prewarm MODULE...``), which
+imports the modules while the parent validates on another core, then waits on a pipe for the
+real command:
 
 - ``Prewarmed.start(argv, env)`` sends ``python -m X ARGS...`` with its whole environment; the
   child sets both and runs module X as ``__main__`` -- exactly what ``python -m X ARGS...`` would
-  do, minus the imports already done.
+  do, minus the imports already done. With ``die_with_parent`` (the single-process worker, which
+  used to run inside ``launch``) the kernel kills it when ``launch`` dies: ``kill -9`` of
+  ``launch`` still ends the run at once, as a crash (Linux: ``PR_SET_PDEATHSIG``).
 - ``Prewarmed.cancel()`` (bad input, ``--slurm``, a single process after all, ...) kills it. It
   has done nothing the user could see: no output, no files.
 
@@ -39,10 +42,14 @@ class Prewarmed:
         """Whether ``argv`` is ``python -m MODULE ...`` with the same interpreter (what it can run)."""
         return len(argv) >= 3 and argv[0] == self.python and argv[1] == "-m"
 
-    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        """Run ``argv`` (``python -m MODULE ARGS...``) with exactly ``env`` in the child."""
+    def start(self, argv: list[str], env: dict[str, str], die_with_parent: bool = False) -> subprocess.Popen:
+        """Run ``argv`` (``python -m MODULE ARGS...``) with exactly ``env`` in the child;
+        ``die_with_parent``: SIGKILL it if this process dies (only where :data:`CAN_DIE_WITH_PARENT`)."""
         self.started = True
-        message = json.dumps({"module": argv[2], "args": argv[3:], "env": env}).encode()
+        request = {"module": argv[2], "args": argv[3:], "env": env}
+        if die_with_parent:
+            request["die_with_parent"] = os.getpid()
+        message = json.dumps(request).encode()
         with os.fdopen(self._write, "wb") as pipe:
             pipe.write(message)
         return self.proc
@@ -61,6 +68,22 @@ class Prewarmed:
         self.proc.wait()
 
 
+CAN_DIE_WITH_PARENT = sys.platform == "linux"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _child(read_fd: int, modules: list[str]) -> None:
     import signal
 
@@ -76,8 +99,10 @@ def _child(read_fd: int, modules: list[str]) -> None:
         message = pipe.read()
     if not message:
         sys.exit(0)  # cancelled
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     request = json.loads(message)
+    if request.get("die_with_parent"):
+        _die_with_parent(request["die_with_parent"])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(request["env"])
     import runpy

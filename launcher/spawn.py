@@ -11,7 +11,7 @@ from pathlib import Path
 
 from launcher.commands import Command
 from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
-from launcher.prewarm import Prewarmed
+from launcher.prewarm import CAN_DIE_WITH_PARENT, Prewarmed
 from launcher.rundir import EXIT_CODE_FILE
 
 EXIT_FOR_STATUS = {
@@ -26,22 +26,29 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> int:
     """Run ``command`` and return the documented exit status of the run.
 
-    A single process runs the worker in this interpreter (no second start-up; signals reach
-    the training loop directly). Launchers of several processes (torchrun, ...) run as a child,
-    in ``prewarmed`` if given (an interpreter that already imported it, see :mod:`launcher.prewarm`):
-    signals sent to ``launch`` are forwarded to it, and the exit status comes from the run's
-    ``summary.json`` (the launcher's own code cannot tell "stopped" from "failed").
+    Everything runs as a child, in ``prewarmed`` if given (an interpreter that imported torch
+    while this one validated, see :mod:`launcher.prewarm`): signals sent to ``launch`` are
+    forwarded to it, and the exit status comes from the run's ``summary.json`` (a launcher's own
+    code cannot tell "stopped" from "failed"). A single process (``command.in_process``) runs in
+    the prewarmed interpreter, which dies with ``launch``; without one (or where a child cannot
+    be tied to ``launch``'s life) it runs inside this interpreter instead, as the same worker.
     """
     os.environ.update(command.env)
-    if prewarmed is not None and (command.in_process or not prewarmed.can_run(command.argv)):
+    usable = prewarmed is not None and prewarmed.can_run(command.argv)
+    if command.in_process and not CAN_DIE_WITH_PARENT:
+        usable = False
+    if prewarmed is not None and not usable:
         prewarmed.cancel()
         prewarmed = None
-    if command.in_process:
+    if command.in_process and prewarmed is None:
         from launcher.runtime.worker import main as worker_main  # imports torch: only here
 
         return worker_main(command.argv[-1])
     started = time.time()
-    child = prewarmed.start(command.argv, dict(os.environ)) if prewarmed else subprocess.Popen(command.argv)
+    if prewarmed is not None:
+        child = prewarmed.start(command.argv, dict(os.environ), die_with_parent=command.in_process)
+    else:
+        child = subprocess.Popen(command.argv)
 
     def forward(signum, frame):
         # A Ctrl-C reaches the whole process group anyway; forwarding it again is harmless

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from launcher.cli import _asks_for_processes
-from launcher.prewarm import Prewarmed
+from launcher.cli import WORKER_IMPORTS, _asks_for_processes, _prewarm_modules
+from launcher.prewarm import CAN_DIE_WITH_PARENT, Prewarmed
+from tests.conftest import TINY, start, wait_for_training
 
 PROBE = textwrap.dedent(
     """
@@ -85,6 +86,85 @@ def test_only_python_dash_m_with_the_same_interpreter_can_run_in_it():
 )
 def test_launch_prewarms_only_when_the_command_line_asks_for_several_processes(overrides, opts, expected):
     assert _asks_for_processes(overrides, opts) is expected
+
+
+@pytest.mark.parametrize(
+    "overrides, opts, expected",
+    [
+        ((), {}, WORKER_IMPORTS),  # one process: the worker itself, which imports torch first
+        ((), {"procs": 1}, WORKER_IMPORTS),
+        ((), {"procs": 2}, ("torch.distributed.run",)),
+        (("dist.procs=4",), {}, ("torch.distributed.run",)),
+        ((), {"slurm": True}, None),  # trains on other machines: nothing to warm here
+        (("slurm.enabled=true",), {}, None),
+    ],
+)
+def test_what_launch_prewarms(overrides, opts, expected):
+    assert _prewarm_modules(overrides, opts) == expected
+    assert WORKER_IMPORTS[0] == "torch"
+
+
+ORPHAN_PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from launcher.prewarm import Prewarmed
+    warm = Prewarmed(())
+    child = warm.start([sys.executable, "-m", "time_sleeper"], {**__import__("os").environ},
+                       die_with_parent=sys.argv[1] == "1")
+    print(child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not reaped by its new parent yet) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not CAN_DIE_WITH_PARENT, reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("die", [True, False])
+def test_a_child_started_to_die_with_its_parent_dies_with_it(probe_module, die):
+    (probe_module / "time_sleeper.py").write_text("import time\ntime.sleep(600)\n")
+    (probe_module / "orphan_parent.py").write_text(ORPHAN_PARENT)
+    env = {**os.environ, "PYTHONPATH": f"{probe_module}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    parent = subprocess.Popen(
+        [sys.executable, str(probe_module / "orphan_parent.py"), "1" if die else "0"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no handler in the parent runs
+        parent.wait(timeout=30)
+        deadline = time.time() + (10 if die else 1)  # (an orphan that should live: 1 s is enough to see)
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _alive(child) is (not die)
+    finally:
+        if _alive(child):
+            os.kill(child, 9)
+
+
+@pytest.mark.skipif(not CAN_DIE_WITH_PARENT, reason="PR_SET_PDEATHSIG is Linux-only")
+def test_kill_9_of_a_single_process_launch_ends_its_training(tmp_path):
+    """One process trains in the prewarmed child, not inside `launch`; killing `launch` must
+    still end the run at once (as it did when the worker ran inside it)."""
+    before = _prewarm_children()
+    proc = start([f"recipe={TINY}", "data.step_delay=0.05", "train.epochs=50", "log.quiet=true"], tmp_path)
+    assert wait_for_training(tmp_path, proc)
+    assert len(_prewarm_children()) == len(before) + 1  # the worker trains in it
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while _prewarm_children() != before and time.time() < deadline:
+        time.sleep(0.05)
+    assert _prewarm_children() == before
 
 
 def _prewarm_children() -> list[str]:
