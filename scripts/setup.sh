@@ -40,3 +40,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# Cached bytecode of the project's own modules, as an installed (non-editable) package has: every
+# `launch` would otherwise compile them again where Python may not write its cache (for example
+# with PYTHONDONTWRITEBYTECODE=1), ~0.05 s of each start. Up-to-date files are skipped.
+.venv/bin/python -m compileall -q launcher recipes >/dev/null
