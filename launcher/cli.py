@@ -55,11 +55,11 @@ def _shorthand_overrides(opts: dict) -> list[tuple[str, str, str]]:
 
 def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     """Options may not contradict KEY=VALUE arguments or each other (e.g. --gpus 2 --device cpu)."""
-    import yaml
+    from launcher import yamlio
 
     given = {k: (v, f"{k}={v}") for k, v in args}
     for key, value, origin in flags:
-        if key in given and yaml.safe_load(given[key][0] or "''") != yaml.safe_load(value):
+        if key in given and yamlio.load(given[key][0] or "''") != yamlio.load(value):
             raise LaunchError(f"{given[key][1]} conflicts with {origin} (both set {key}); give only one of them")
         given.setdefault(key, (value, origin))
     return args + [(k, v) for k, v, _ in flags]

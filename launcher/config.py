@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from launcher import yamlio
 from launcher.errors import ConfigError
 
 
@@ -345,8 +345,8 @@ def parse_value(cls: type[BaseModel], key: str, raw: str) -> Any:
     if _FLOAT.fullmatch(raw.strip()) and any(c in raw for c in ".eE"):
         return float(raw)
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        return yamlio.load(raw) if raw.strip() else ""
+    except yamlio.YAMLError:
         return raw
 
 
@@ -379,8 +379,8 @@ def load_yaml_file(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {path} not found; pass config=PATH to an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yamlio.load(p.read_text()) or {}
+    except yamlio.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix the file") from None
@@ -467,7 +467,7 @@ def to_plain(cfg: Config) -> dict:
 
 def to_yaml(cfg: Config | dict) -> str:
     data = cfg if isinstance(cfg, dict) else to_plain(cfg)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    return yamlio.dump(data)
 
 
 def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -82,9 +82,9 @@ def load_run(path: Path) -> Run:
     summary = rd.read_summary()
     monitor = None
     try:
-        import yaml
+        from launcher import yamlio
 
-        cfg = yaml.safe_load(rd.config.read_text()) or {}
+        cfg = yamlio.load(rd.config.read_text()) or {}
         monitor = (cfg.get("checkpoint") or {}).get("monitor")
     except (OSError, ValueError, AttributeError):
         pass

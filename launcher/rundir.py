@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from launcher import yamlio
 from launcher.config import (
     OPERATIONAL_KEYS,
     Config,
@@ -182,8 +181,8 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
             f"{path} exists but is not a run directory (no {CONFIG_FILE}); pass another run.name=... or remove it"
         )
     try:
-        old = yaml.safe_load(rd.config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        old = yamlio.load(rd.config.read_text()) or {}
+    except (OSError, yamlio.YAMLError):
         raise ConfigError(f"{rd.config} is unreadable; pass another run.name=... or remove {path}") from None
     new = to_plain(cfg)
     unsafe, safe = split_diff(diff_configs(old, new))

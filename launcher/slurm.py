@@ -283,7 +283,7 @@ def decide_after(summary: dict | None, restarts: int, max_requeues: int, cancell
 
 def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
     """In the batch script once srun has ended: requeue after a preemption; the script's exit code."""
-    import yaml
+    from launcher import yamlio
 
     rd = RunDir(run_dir)
     summary = None
@@ -293,8 +293,8 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
     except OSError:
         pass
     try:
-        max_requeues = int((yaml.safe_load(rd.config.read_text()) or {}).get("slurm", {}).get("max_requeues", 3))
-    except (OSError, ValueError, yaml.YAMLError):
+        max_requeues = int((yamlio.load(rd.config.read_text()) or {}).get("slurm", {}).get("max_requeues", 3))
+    except (OSError, ValueError, yamlio.YAMLError):
         max_requeues = 0
     restarts = int(environ.get("SLURM_RESTART_COUNT", "0") or 0)
     cancelled = (run_dir / CANCELLED_MARKER).exists()

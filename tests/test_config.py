@@ -314,6 +314,20 @@ def test_to_yaml_round_trips():
     assert again == cfg
 
 
+def test_fast_yaml_reads_and_writes_what_pyyaml_does_and_only_the_safe_subset():
+    from launcher import yamlio
+
+    cfg = resolve("run.name=007", "train.milestones=[10,20]", "log.wandb.tags=[a b, 'x: y']", "train.lr=1e-3")
+    plain = cfgmod.to_plain(cfg)
+    assert yamlio.dump(plain) == yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
+    text = yamlio.dump(plain)
+    assert yamlio.load(text) == yaml.safe_load(text) == plain
+    for raw in ("0.1", "1e-3", "[1, 2]", "null", "'007'", "yes", "{a: 1}"):
+        assert yamlio.load(raw) == yaml.safe_load(raw), raw
+    with pytest.raises(yamlio.YAMLError):
+        yamlio.load("!!python/object/apply:os.system ['true']")
+
+
 # --------------------------------------------------------------------------- hash and diffs
 
 

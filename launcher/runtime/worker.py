@@ -15,8 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-import yaml
-
+from launcher import yamlio
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
 from launcher.recipe_loader import check_datasets, check_model, load_recipe, watch_first_step
@@ -28,7 +27,7 @@ def _say(msg: str) -> None:
 
 
 def load_run_config(rd: RunDir):
-    tree = yaml.safe_load(rd.config.read_text())
+    tree = yamlio.load(rd.config.read_text())
     recipe_cls = load_recipe(tree["recipe"])
     return validate(config_class(recipe_cls), tree), recipe_cls
 
@@ -362,8 +361,8 @@ def check_resume_config(cfg, loaded) -> None:
     """Refuse a checkpoint whose config differs in keys that change results."""
     cfg_file = Path(loaded["path"]) / "config.yaml"
     try:
-        old = yaml.safe_load(cfg_file.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        old = yamlio.load(cfg_file.read_text()) or {}
+    except (OSError, yamlio.YAMLError):
         return
     old.get("run", {}).pop("name", None)
     new = to_plain(cfg)
