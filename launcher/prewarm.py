@@ -12,7 +12,7 @@ real command:
   do, minus the imports already done. With ``die_with_parent`` (the single-process worker, which
   used to run inside ``launch``) the kernel kills it when ``launch`` dies: ``kill -9`` of
   ``launch`` still ends the run at once, as a crash (Linux: ``PR_SET_PDEATHSIG``).
-- ``Prewarmed.cancel()`` (bad input, ``--slurm``, a single process after all, ...) kills it. It
+- ``Prewarmed.cancel()`` (bad input, an already complete run, a command it cannot run, ...) kills it. It
   has done nothing the user could see: no output, no files.
 
 The child's stdin, stdout and stderr are the parent's (a breakpoint in a worker still works); the
