@@ -27,6 +27,8 @@ import os
 import subprocess
 import sys
 
+from launcher.startup import imports_without_gc
+
 
 class Prewarmed:
     def __init__(self, modules: tuple[str, ...], python: str = sys.executable) -> None:
@@ -90,11 +92,12 @@ def _child(read_fd: int, modules: list[str]) -> None:
     # Until the command arrives this process is invisible: a Ctrl-C (sent to the whole process
     # group) or a failed import ends it quietly; the parent reports what matters.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # the real command will import it again and report the problem
-            pass
+    with imports_without_gc():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the real command will import it again and report the problem
+                pass
     with os.fdopen(read_fd, "rb") as pipe:
         message = pipe.read()
     if not message:

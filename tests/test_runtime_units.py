@@ -256,3 +256,24 @@ def test_step_result_is_checked_at_the_first_call_only(tmp_path, monkeypatch):
     write_atomic(rd.config, cfgmod.to_yaml(cfg))
     assert worker_main(str(rd.path)) == 0
     assert len(calls) == 1
+
+
+def test_imports_without_gc_pauses_collection_then_freezes_what_exists():
+    import gc
+
+    from launcher.startup import imports_without_gc
+
+    frozen = gc.get_freeze_count()
+    try:
+        with imports_without_gc():
+            assert not gc.isenabled()
+            made = [[i] for i in range(1000)]  # objects made while importing
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)  # later passes skip them
+        gc.disable()
+        with imports_without_gc():
+            pass
+        assert not gc.isenabled()  # a caller's own choice is kept
+    finally:
+        gc.unfreeze()
+        gc.enable()

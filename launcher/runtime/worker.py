@@ -20,6 +20,7 @@ from launcher.config import config_class, diff_configs, split_diff, to_plain, va
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
 from launcher.recipe_loader import check_datasets, check_model, load_recipe, watch_first_step
 from launcher.rundir import EXIT_CODE_FILE, RunDir, write_atomic
+from launcher.startup import imports_without_gc
 
 
 def _say(msg: str) -> None:
@@ -60,9 +61,12 @@ def write_summary(rd: RunDir, summary: dict) -> None:
 
 def main(run_dir: str) -> int:
     """Run (or resume) the training described by ``RUN_DIR/config.yaml``. Returns the exit code."""
-    import torch  # noqa: F401  (first torch import of a single-process run happens here)
+    with imports_without_gc():
+        import torch  # noqa: F401  (first torch import of a single-process run happens here)
+        import torch._dynamo  # noqa: F401  (every torch.optim optimizer imports it: here, without GC passes)
 
-    from launcher.runtime.env import DistEnv, torch_env_from_slurm
+        from launcher.runtime import checkpoint, loggers, loop, optim, strategy  # noqa: F401
+        from launcher.runtime.env import DistEnv, torch_env_from_slurm
 
     rd = RunDir(Path(run_dir))
     under_slurm = bool(torch_env_from_slurm(os.environ))
@@ -383,7 +387,8 @@ if __name__ == "__main__":
     if "TORCHELASTIC_ERROR_FILE" in os.environ:
         # under torchrun: a crash's traceback reaches the launcher's failure report (elsewhere
         # the import alone would cost ~0.1 s of the start)
-        from torch.distributed.elastic.multiprocessing.errors import record
+        with imports_without_gc():
+            from torch.distributed.elastic.multiprocessing.errors import record
 
         entry = record(main)
     sys.exit(entry(sys.argv[1]))
