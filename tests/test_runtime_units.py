@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from launcher.runtime.optim import build_optimizer, build_scheduler, param_group
 from launcher.runtime.precision import Precision
 from launcher.runtime.rng import capture, restore
 from recipes.base import Recipe
+from tests.conftest import ROOT
 
 
 def flat(sampler) -> list[int]:
@@ -277,3 +281,49 @@ def test_imports_without_gc_pauses_collection_then_freezes_what_exists():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_config_classes_without_plugins_skips_pydantic_plugins_only_inside(tmp_path):
+    # a real pydantic plugin, installed as a distribution with an entry point (what pydantic scans)
+    dist = tmp_path / "fakeplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nfake = fakeplug:plugin\n")
+    (tmp_path / "fakeplug.py").write_text(
+        "SEEN = []\n"
+        "class _Plugin:\n"
+        "    def new_schema_validator(self, schema, schema_type, path, kind, config, settings):\n"
+        "        SEEN.append(path.name)\n"
+        "        return None, None, None\n"
+        "plugin = _Plugin()\n"
+    )
+    script = (
+        "import os, sys\n"
+        "from pydantic import BaseModel\n"
+        "from launcher.startup import config_classes_without_plugins\n"
+        "import fakeplug\n"
+        "with config_classes_without_plugins():\n"
+        "    class Inside(BaseModel):\n"
+        "        x: int = 0\n"
+        "    assert os.environ['PYDANTIC_DISABLE_PLUGINS'] == '__all__'\n"
+        "assert 'PYDANTIC_DISABLE_PLUGINS' not in os.environ\n"
+        "class Outside(BaseModel):\n"
+        "    y: int = 0\n"
+        "print(fakeplug.SEEN)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['Outside']"
+    # a user's own setting is kept, before and after
+    env["PYDANTIC_DISABLE_PLUGINS"] = "other"
+    script2 = (
+        "import os\n"
+        "from launcher.startup import config_classes_without_plugins\n"
+        "with config_classes_without_plugins():\n"
+        "    assert os.environ['PYDANTIC_DISABLE_PLUGINS'] == 'other'\n"
+        "assert os.environ['PYDANTIC_DISABLE_PLUGINS'] == 'other'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script2], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
