@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from launcher import __version__
-from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, LaunchError
+from launcher import __version__, signals
+from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_STOPPED, LaunchError
 
 # Command-line options and the config key each one is shorthand for.
 SHORTHANDS = {
@@ -161,12 +161,16 @@ WORKER_IMPORTS = (
 )
 
 
+# What the agent around torchrun / `accelerate launch` imports (launcher/runtime/agent.py).
+AGENT_IMPORTS = ("torch.distributed.run", "launcher.runtime.agent")
+
+
 def _prewarm_modules(overrides: tuple[str, ...], opts: dict) -> tuple[str, ...] | None:
     """What the interpreter started before validation should import: torchrun for several
     processes, the worker for one; nothing for Slurm (it runs elsewhere)."""
     if opts.get("slurm") or any(t.startswith("slurm.enabled=") for t in overrides):
         return None
-    return ("torch.distributed.run",) if _asks_for_processes(overrides, opts) else WORKER_IMPORTS
+    return AGENT_IMPORTS if _asks_for_processes(overrides, opts) else WORKER_IMPORTS
 
 
 def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
@@ -211,6 +215,11 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
     from launcher.logsetup import check_logging
 
     check_logging(cfg, run_path)  # backend packages installed, log.dir writable
+    flag = signals.installed()
+    if flag is not None and flag.requested:  # Ctrl-C or TERM while validating: start (or submit) nothing
+        from launcher.spawn import stopped_before_training
+
+        return stopped_before_training(flag)
     if plan.launcher == "slurm":
         from launcher.slurm import submit_run
 
@@ -264,9 +273,14 @@ def _command_for(argv: list[str]) -> tuple[click.Command, list[str], str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: every user-fixable problem is one line on stderr and exit status 2."""
+    """Console entry point: every user-fixable problem is one line on stderr and exit status 2.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGUSR2, SIGHUP) only sets a flag, from the first instant: before
+    training starts ``launch`` then starts nothing (exit 130/143, one line); once a run is started it
+    is forwarded to it (launcher/spawn.py). A second Ctrl-C before training aborts at once."""
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "launch"
+    flag = signals.StopFlag().install()
     try:
         command, args, prog = _command_for(argv)
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
@@ -279,7 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     except LaunchError as e:
         click.echo(f"error: {e}", err=True)
         code = EXIT_BAD_INPUT
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt):  # a second Ctrl-C before training started
+        click.echo("launch: aborted before training started; nothing needed saving", err=True)
+        code = EXIT_STOPPED
+    finally:
+        flag.uninstall()
     sys.exit(code if isinstance(code, int) else EXIT_COMPLETED)

@@ -12,6 +12,9 @@ from launcher.config import Config
 from launcher.plan import Plan
 
 WORKER_MODULE = "launcher.runtime.worker"
+# torchrun and `accelerate launch` run inside this module (the stop contract, process lifetimes:
+# launcher/runtime/agent.py)
+AGENT_MODULE = "launcher.runtime.agent"
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,21 @@ def build_command(
             cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
             env["OMP_NUM_THREADS"] = str(max(1, cores // plan.procs_per_node))
     if plan.launcher == "torchrun":
-        argv = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.procs_per_node}"]
+        argv = [
+            python,
+            "-m",
+            AGENT_MODULE,
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={plan.procs_per_node}",
+        ]
         return Command([*argv, *worker], env)
     if plan.launcher == "accelerate":
         mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[cfg.train.precision]
         argv = [
             python,
             "-m",
+            AGENT_MODULE,
             "accelerate.commands.launch",
             "--num_machines=1",
             f"--num_processes={plan.procs_per_node}",

@@ -9,11 +9,15 @@ real command:
 
 - ``Prewarmed.start(argv, env)`` sends ``python -m X ARGS...`` with its whole environment; the
   child sets both and runs module X as ``__main__`` -- exactly what ``python -m X ARGS...`` would
-  do, minus the imports already done. With ``die_with_parent`` (the single-process worker, which
-  used to run inside ``launch``) the kernel kills it when ``launch`` dies: ``kill -9`` of
-  ``launch`` still ends the run at once, as a crash (Linux: ``PR_SET_PDEATHSIG``).
-- ``Prewarmed.cancel()`` (bad input, an already complete run, a command it cannot run, ...) kills it. It
-  has done nothing the user could see: no output, no files.
+  do, minus the imports already done. X (the worker, or the agent around torchrun) asks the kernel
+  to kill it when ``launch`` dies (``LAUNCHER_PARENT_PID``, launcher/signals.py): ``kill -9`` of
+  ``launch`` still ends the run at once, as a crash.
+- ``Prewarmed.cancel()`` (bad input, an already complete run, a stop requested before training, a
+  command it cannot run, ...) kills it. It has done nothing the user could see: no output, no files.
+
+The child starts with the stop signals blocked (:func:`launcher.signals.blocked`): a Ctrl-C while it
+imports torch neither kills it nor interrupts an import; ``launch`` decides (it got the Ctrl-C too),
+and once the command runs, a signal that waited is delivered to the worker's stop flag.
 
 The child's stdin, stdout and stderr are the parent's (a breakpoint in a worker still works); the
 command travels on a separate pipe.
@@ -27,6 +31,7 @@ import os
 import subprocess
 import sys
 
+from launcher.signals import blocked
 from launcher.startup import imports_without_gc
 
 
@@ -34,7 +39,8 @@ class Prewarmed:
     def __init__(self, modules: tuple[str, ...], python: str = sys.executable) -> None:
         read, self._write = os.pipe()
         try:
-            self.proc = subprocess.Popen([python, "-m", __name__, str(read), *modules], pass_fds=(read,))
+            with blocked():  # the child starts with the stop signals blocked (see above)
+                self.proc = subprocess.Popen([python, "-m", __name__, str(read), *modules], pass_fds=(read,))
         finally:
             os.close(read)
         self.python = python
@@ -44,13 +50,10 @@ class Prewarmed:
         """Whether ``argv`` is ``python -m MODULE ...`` with the same interpreter (what it can run)."""
         return len(argv) >= 3 and argv[0] == self.python and argv[1] == "-m"
 
-    def start(self, argv: list[str], env: dict[str, str], die_with_parent: bool = False) -> subprocess.Popen:
-        """Run ``argv`` (``python -m MODULE ARGS...``) with exactly ``env`` in the child;
-        ``die_with_parent``: SIGKILL it if this process dies (only where :data:`CAN_DIE_WITH_PARENT`)."""
+    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Run ``argv`` (``python -m MODULE ARGS...``) with exactly ``env`` in the child."""
         self.started = True
         request = {"module": argv[2], "args": argv[3:], "env": env}
-        if die_with_parent:
-            request["die_with_parent"] = os.getpid()
         message = json.dumps(request).encode()
         with os.fdopen(self._write, "wb") as pipe:
             pipe.write(message)
@@ -70,28 +73,9 @@ class Prewarmed:
         self.proc.wait()
 
 
-CAN_DIE_WITH_PARENT = sys.platform == "linux"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies."""
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _child(read_fd: int, modules: list[str]) -> None:
-    import signal
-
-    # Until the command arrives this process is invisible: a Ctrl-C (sent to the whole process
-    # group) or a failed import ends it quietly; the parent reports what matters.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Until the command arrives this process is invisible: the stop signals wait (blocked since it
+    # started) and a failed import is left for the real command to report.
     with imports_without_gc():
         for name in modules:
             try:
@@ -103,9 +87,6 @@ def _child(read_fd: int, modules: list[str]) -> None:
     if not message:
         sys.exit(0)  # cancelled
     request = json.loads(message)
-    if request.get("die_with_parent"):
-        _die_with_parent(request["die_with_parent"])
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(request["env"])
     import runpy

@@ -103,6 +103,7 @@ def test_procs_plan_ddp_through_torchrun_with_threads_shared():
     assert cmd.argv == [
         "/py",
         "-m",
+        "launcher.runtime.agent",  # torchrun inside the agent that keeps the stop contract
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=2",
@@ -153,12 +154,20 @@ def test_render_without_env_is_just_the_argv():
 def test_deepspeed_runs_under_torchrun_and_accelerate_under_its_launcher():
     cfg = cfg_with(("dist.procs", "2"), ("dist.device", "cpu"), ("dist.strategy", "deepspeed"))
     cmd = build_command(make_plan(cfg), cfg, Path("r"), python="/py", cpu_count=2, environ={})
-    assert cmd.argv[:5] == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd.argv[:6] == [
+        "/py",
+        "-m",
+        "launcher.runtime.agent",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+    ]
     cfg = cfg_with(("dist.procs", "2"), ("dist.device", "cpu"), ("dist.strategy", "accelerate"))
     cmd = build_command(make_plan(cfg), cfg, Path("r"), python="/py", cpu_count=2, environ={}, port=12345)
     assert cmd.argv == [
         "/py",
         "-m",
+        "launcher.runtime.agent",
         "accelerate.commands.launch",
         "--num_machines=1",
         "--num_processes=2",

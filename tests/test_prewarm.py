@@ -11,9 +11,11 @@ import time
 
 import pytest
 
-from launcher.cli import WORKER_IMPORTS, _asks_for_processes, _prewarm_modules
-from launcher.prewarm import CAN_DIE_WITH_PARENT, Prewarmed
+from launcher.cli import AGENT_IMPORTS, WORKER_IMPORTS, _asks_for_processes, _prewarm_modules
+from launcher.prewarm import Prewarmed
+from launcher.signals import CAN_DIE_WITH_PARENT
 from tests.conftest import TINY, start, wait_for_training
+from tests.stop_sweep import processes_in, wait_gone
 
 PROBE = textwrap.dedent(
     """
@@ -93,8 +95,8 @@ def test_launch_prewarms_only_when_the_command_line_asks_for_several_processes(o
     [
         ((), {}, WORKER_IMPORTS),  # one process: the worker itself, which imports torch first
         ((), {"procs": 1}, WORKER_IMPORTS),
-        ((), {"procs": 2}, ("torch.distributed.run",)),
-        (("dist.procs=4",), {}, ("torch.distributed.run",)),
+        ((), {"procs": 2}, AGENT_IMPORTS),
+        (("dist.procs=4",), {}, AGENT_IMPORTS),
         ((), {"slurm": True}, None),  # trains on other machines: nothing to warm here
         (("slurm.enabled=true",), {}, None),
     ],
@@ -106,14 +108,18 @@ def test_what_launch_prewarms(overrides, opts, expected):
 
 ORPHAN_PARENT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from launcher.prewarm import Prewarmed
     warm = Prewarmed(())
-    child = warm.start([sys.executable, "-m", "time_sleeper"], {**__import__("os").environ},
-                       die_with_parent=sys.argv[1] == "1")
+    env = {**os.environ, **({"LAUNCHER_PARENT_PID": str(os.getpid())} if sys.argv[1] == "1" else {})}
+    child = warm.start([sys.executable, "-m", "time_sleeper"], env)
     print(child.pid, flush=True)
     time.sleep(600)
     """
+)
+# what the worker and torchrun's agent do first (launcher/runtime/worker.py, agent.py)
+SLEEPER = (
+    "import time\nfrom launcher.signals import die_with_parent_from_env\ndie_with_parent_from_env()\ntime.sleep(600)\n"
 )
 
 
@@ -130,7 +136,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not CAN_DIE_WITH_PARENT, reason="PR_SET_PDEATHSIG is Linux-only")
 @pytest.mark.parametrize("die", [True, False])
 def test_a_child_started_to_die_with_its_parent_dies_with_it(probe_module, die):
-    (probe_module / "time_sleeper.py").write_text("import time\ntime.sleep(600)\n")
+    (probe_module / "time_sleeper.py").write_text(SLEEPER)
     (probe_module / "orphan_parent.py").write_text(ORPHAN_PARENT)
     env = {**os.environ, "PYTHONPATH": f"{probe_module}{os.pathsep}{os.environ['PYTHONPATH']}"}
     parent = subprocess.Popen(
@@ -152,34 +158,32 @@ def test_a_child_started_to_die_with_its_parent_dies_with_it(probe_module, die):
 
 
 @pytest.mark.skipif(not CAN_DIE_WITH_PARENT, reason="PR_SET_PDEATHSIG is Linux-only")
-def test_kill_9_of_a_single_process_launch_ends_its_training(tmp_path):
-    """One process trains in the prewarmed child, not inside `launch`; killing `launch` must
-    still end the run at once (as it did when the worker ran inside it)."""
-    before = _prewarm_children()
-    proc = start([f"recipe={TINY}", "data.step_delay=0.05", "train.epochs=50", "log.quiet=true"], tmp_path)
+@pytest.mark.parametrize("procs", [1, 2])
+def test_kill_9_of_launch_ends_its_training(tmp_path, procs):
+    """One process trains in the prewarmed child, several under torchrun's agent in it: killing
+    `launch` must end every one of them at once, and nothing trains on (issue: with --procs 2 both
+    workers used to train on as orphans, each in its own session)."""
+    args = [f"recipe={TINY}", "data.step_delay=0.05", "train.epochs=50", "log.quiet=true", "--procs", str(procs)]
+    proc = start(args, tmp_path)
     assert wait_for_training(tmp_path, proc)
-    assert len(_prewarm_children()) == len(before) + 1  # the worker trains in it
+    workers = [p for p in processes_in(tmp_path) if "launcher.runtime.worker" in p]
+    assert len(workers) == procs, processes_in(tmp_path)
     proc.kill()
     proc.wait(timeout=30)
-    deadline = time.time() + 10
-    while _prewarm_children() != before and time.time() < deadline:
-        time.sleep(0.05)
-    assert _prewarm_children() == before
-
-
-def _prewarm_children() -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in ps.splitlines() if "-m launcher.prewarm" in line]
+    assert wait_gone(tmp_path) == []
+    metrics = next(tmp_path.glob("runs/*/*/metrics.jsonl"))
+    size = metrics.stat().st_size
+    time.sleep(1)
+    assert metrics.stat().st_size == size  # nothing logs after the kill
 
 
 def test_bad_input_with_procs_leaves_no_process_behind(tmp_path):
-    before = _prewarm_children()
     r = subprocess.run(
         [sys.executable, "-m", "launcher", "recipe=benchmarks.mlp_recipe:Mlp", "--procs", "2", "--device", "cpu",
-         f"run.output_dir={tmp_path}", "train.lr=-1"],
-        capture_output=True, text=True, timeout=60,
+         f"run.output_dir={tmp_path / 'out'}", "train.lr=-1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["error: bad value train.lr=-1: Input should be greater than 0"]
-    assert _prewarm_children() == before
+    assert wait_gone(tmp_path, timeout=5) == []
     assert list(tmp_path.iterdir()) == []

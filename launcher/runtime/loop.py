@@ -104,6 +104,7 @@ class Trainer:
         self.grad_norm: Any = None  # of the step `grad_norm_step` (a tensor until logged)
         self.grad_norm_step = -1
         self.attempt_start = time.perf_counter()
+        self.attempt_start_step: int | None = None  # global step at which this attempt's fit() began
         self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
         self.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         es = self.cfg.train.early_stopping
@@ -435,6 +436,11 @@ class Trainer:
         self.window_start = time.perf_counter()  # set-up time of this attempt is not training time
         if prog.global_step == 0 and prog.batch_in_epoch == 0:
             self.trackers.epoch_start = self.wall_time()  # nor is it part of the first epoch
+        self.attempt_start_step = prog.global_step
+        # a stop requested while the run was being set up (or recorded by the Slurm batch script
+        # before the workers could receive it): the ranks agree, and nothing is trained
+        if p.strategy.any(stop.check_request_file()):
+            return self._stop()
 
         while not finished and prog.epoch < t.epochs:
             sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
@@ -505,9 +511,17 @@ class Trainer:
 
     def _stop(self) -> tuple[str, int]:
         status = self.p.stop.status or "stopped"
-        self.save()
-        self.p.checkpoints.wait()
-        self.p.info(f"{status}: saved a checkpoint at step {self.progress.global_step}; run the same command to resume")
+        step = self.progress.global_step
+        if step == self.attempt_start_step:
+            # nothing trained in this attempt: the newest checkpoint (if any) already holds this state
+            has = f"the newest checkpoint is step {step}" if step else "nothing was trained yet"
+            said = f"{status} before the first step; nothing needed saving ({has})"
+        else:
+            self.save()
+            self.p.checkpoints.wait()
+            said = f"{status}: saved a checkpoint at step {step}"
+        if self.p.strategy.is_main:  # (also with log.quiet: what was saved is never a detail)
+            print(f"launch: {said}; run the same command to resume", file=sys.stderr, flush=True)
         return status, EXIT_FOR.get(status, 130)
 
 

@@ -1,10 +1,21 @@
 """Worker entry point: run directory -> environment -> strategy -> recipe -> loop -> summary.
 
 ``python -m launcher.runtime.worker RUN_DIR`` (what torchrun and Slurm start); a single process
-calls :func:`main` inside ``launch`` itself.
+calls :func:`main` inside ``launch`` itself (or in the interpreter it prewarmed).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":
+    # First, before any slow import: from here on a stop signal (Slurm sends them at any moment,
+    # also in the first second of a requeued job) only sets the flag, and this process dies with
+    # the one that started it (torchrun's agent, `launch`). Started by `launch`, the signals were
+    # blocked until now (launcher/signals.py), so none that came earlier is lost.
+    from launcher.signals import StopFlag as _StopFlag
+    from launcher.signals import die_with_parent_from_env as _die_with_parent_from_env
+
+    _die_with_parent_from_env()
+    _StopFlag().install()
 
 import gc
 import json
@@ -86,15 +97,23 @@ def main(run_dir: str) -> int:
         if not quiet:
             _say(f"launch: {msg}")
 
-    from launcher.runtime.signals import StopFlag
     from launcher.runtime.strategy import make_strategy, resolve_device
+    from launcher.signals import STOP_FILE_ENV, StopFlag
 
-    stop = StopFlag().install()
+    stop = StopFlag().install()  # (takes over a stop requested before this point)
+    if os.environ.get(STOP_FILE_ENV):
+        stop.request_file = Path(os.environ[STOP_FILE_ENV])  # written by the Slurm batch script
     strategy = None
     try:
         device = resolve_device(cfg.dist.device, env)
         strategy = make_strategy(cfg.dist.strategy, env, device, cfg)
         parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
+    except KeyboardInterrupt:  # a second Ctrl-C while the run was being set up
+        stop.uninstall()
+        if strategy is not None:
+            strategy.teardown()
+        _say("launch: aborted before training started; nothing needed saving")
+        return EXIT_STOPPED
     except LaunchError as e:
         stop.uninstall()
         _say(f"error: {e}")
@@ -126,7 +145,8 @@ def main(run_dir: str) -> int:
         _say(f"error: {e}")
     except KeyboardInterrupt:
         status, code, reason = "stopped", EXIT_STOPPED, "aborted by a second Ctrl-C (no checkpoint written)"
-        _say("aborted: the newest checkpoint is from before this interruption")
+        if env.is_main:
+            _say("launch: aborted by a second Ctrl-C; the newest checkpoint is from before this interruption")
     except Exception as e:  # a bug or a broken recipe: keep the traceback
         reason = f"{type(e).__name__}: {e}"
         traceback.print_exc()
@@ -191,6 +211,10 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dic
     }
     if reason:
         summary["reason"] = reason
+    if os.environ.get("LAUNCHER_SLURM") == "1" and os.environ.get("SLURM_JOB_ID"):
+        # which attempt wrote this summary (`launch status` and the batch script's `after` ask)
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        summary["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"], "restart": int(restart) if restart.isdigit() else 0}
     return summary
 
 
