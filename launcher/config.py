@@ -200,7 +200,8 @@ class DeepSpeedSection(Section):
 _SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d+(:\d{1,2}){0,2}")
 _SLURM_MEM = re.compile(r"\d+[KMGT]?")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.+\-]+")  # partition, account, qos names
-_SLURM_SIGNAL = re.compile(r"(SIG)?(USR1|USR2|TERM|INT|HUP|URG)|\d{1,2}")
+# The warning signals the batch script handles end to end (slurm/README.md, "The stop signals").
+_SLURM_SIGNAL = re.compile(r"(SIG)?(USR1|USR2|TERM)")
 
 
 class SlurmSection(Section):
@@ -236,7 +237,10 @@ class SlurmSection(Section):
         if self.mem is not None and not _SLURM_MEM.fullmatch(self.mem.upper()):
             raise ValueError(f"slurm.mem={self.mem!r} is not a Slurm memory size; use e.g. 64G or 4000M")
         if not _SLURM_SIGNAL.fullmatch(self.signal.upper()):
-            raise ValueError(f"slurm.signal={self.signal!r} is not a signal name Slurm accepts; use e.g. USR2")
+            raise ValueError(
+                f"slurm.signal={self.signal!r} is not a warning signal the batch script handles; "
+                "use USR2 (the default), USR1 or TERM"
+            )
         for key in ("constraint", "job_name", "python"):
             value = getattr(self, key)
             if value is not None and (not value or not value.isprintable()):

@@ -4,16 +4,22 @@ How a ``--slurm`` run works (``slurm/README.md`` has the long version):
 
 * ``launch ... --slurm`` writes ``config.yaml`` and ``submit.sbatch`` into the run directory and
   submits the script with ``sbatch --parsable``. The job ids go to ``slurm_jobs.json``.
-* The script traps the warning signal first, exports ``MASTER_ADDR`` (first node of the
-  allocation) and ``MASTER_PORT`` (spread by the job id), and starts one task per process on
-  every node with ``srun``: each task is ``python -m launcher.runtime.worker RUN_DIR`` and turns
-  ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` into torch's ``RANK``/``WORLD_SIZE``/...
-* On the warning signal (``--signal=B:USR2@lead``), a preemption or ``scancel``, the batch shell
-  forwards the signal to ``srun``, which forwards it to every task; the ranks agree to stop at
-  the next step boundary, save a checkpoint and exit with ``preempted``.
-* Then ``python -m launcher.slurm after ...`` (in the batch shell, on the node of rank 0) reads
-  ``summary.json`` and requeues the job (``scontrol requeue``) when it was preempted and
-  ``slurm.max_requeues`` allows; the requeued job resumes from the run directory.
+* The script's first lines trap the stop signals (``slurm.signal``, USR2, TERM, INT, HUP); the
+  handler records the request in ``RUN_DIR/.stop-JOB.RESTART`` and asks srun for a stop with USR2
+  (never TERM: srun kills the tasks on TERM). A stop before srun starts (during ``slurm.setup``)
+  means srun is not started. The script exports ``MASTER_ADDR`` (first node of the allocation) and
+  ``MASTER_PORT`` (spread by the job id), and starts one task per process on every node with
+  ``srun``: each task is ``python -m launcher.runtime.worker RUN_DIR`` (behind ``sh`` that ignores
+  the stop signals until the worker handles them) and turns ``SLURM_PROCID``/``SLURM_NTASKS``/
+  ``SLURM_LOCALID`` into torch's ``RANK``/``WORLD_SIZE``/...; the ranks agree to stop at the next
+  step boundary, save a checkpoint and exit with ``preempted`` (before the first step: without
+  training).
+* Then ``python -m launcher.slurm after ...`` (in the batch shell, on the node of rank 0) decides
+  with :func:`decide_after` from this attempt's ``summary.json``, the stop file, the job's state in
+  Slurm and the ``launch cancel`` marker: requeue (``scontrol requeue``) after a preemption within
+  ``slurm.max_requeues``; never after a failure, a ``scancel`` or ``launch cancel``, nor when Slurm
+  requeues the job itself; it rewrites ``summary.json`` when the workers could not say what
+  happened, so that ``launch status`` tells the truth about the latest attempt.
 """
 
 from __future__ import annotations
@@ -26,12 +32,20 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from launcher.config import Config
-from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, LaunchError
+from launcher.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_PREEMPTED,
+    EXIT_STOPPED,
+    LaunchError,
+)
 from launcher.plan import Plan
 from launcher.rundir import RunDir, write_atomic
 
@@ -98,6 +112,20 @@ def _sbatch_line(flag: str) -> str:
     return f"#SBATCH {flag}"
 
 
+# The signals the batch shell treats as a stop request (besides slurm.signal): Slurm's TERM (scancel,
+# scontrol requeue, preemption when sent to the batch shell), INT and HUP, and USR2.
+STOP_SIGNALS = ("USR2", "TERM", "INT", "HUP")
+STOP_FILE_PREFIX = ".stop-"  # RUN_DIR/.stop-JOBID.RESTART: a stop the batch shell received in that attempt
+# A stop in srun's first seconds is passed on this much later: srun dies of a signal that arrives in
+# its first ~20 ms (measured), before it has installed its own handling.
+SRUN_GRACE_S = 1
+
+
+def stop_file(run_dir: Path, job_id: str, restart: int) -> Path:
+    """The file in which the batch script records a stop request of one attempt."""
+    return run_dir / f"{STOP_FILE_PREFIX}{job_id}.{restart}"
+
+
 def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: Path) -> str:
     """The whole batch script (pure). Every value from the user that reaches a shell command is
     quoted with :func:`shlex.quote`; ``slurm.setup`` lines are shell by design."""
@@ -108,20 +136,31 @@ def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: 
     sig = _signal_name(cfg.slurm.signal)
     q = shlex.quote
     py, rd = q(python), q(str(run_dir))
+    stop = q(str(run_dir / STOP_FILE_PREFIX))
+    traps = [sig] + [s for s in STOP_SIGNALS if s != sig]
     lines = [
         "#!/bin/bash",
         f"# Written by `launch` for the run in {run_dir}.",
         "# Resubmit with the same `launch` command (it resumes), not with sbatch directly.",
         *(_sbatch_line(f) for f in sbatch_flags(cfg, plan, run_dir, workdir)),
         "",
-        "# First thing: catch the warning signal and termination (a signal can arrive within a second",
-        "# of the start) and pass them to srun, which passes them to every task.",
+        "# First thing: catch the stop signals (one can arrive within a second of the start, or while",
+        "# slurm.setup runs). The handler records the request in LAUNCHER_STOP_FILE (the workers read it",
+        "# when they start training) and asks srun for a stop with USR2, which srun passes to every task;",
+        "# never TERM, which srun answers by killing the tasks. A signal in srun's first ~20 ms kills srun,",
+        f"# so one that comes that early is passed on {SRUN_GRACE_S} s later.",
+        f'export LAUNCHER_STOP_FILE={stop}"$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}"',
         'launch_srun=""',
-        'launch_forward() { if [ -n "$launch_srun" ]; then kill -s "$1" "$launch_srun" 2>/dev/null; fi; }',
-        f"trap 'launch_forward {sig}' {sig}",
+        "launch_srun_at=0",
+        "launch_stop() {",
+        '  [ -e "$LAUNCHER_STOP_FILE" ] || echo "$1" > "$LAUNCHER_STOP_FILE"',
+        '  echo "launch: SIG$1 received: stop requested" >&2',
+        '  if [ -z "$launch_srun" ]; then return; fi',
+        f'  if (( SECONDS - launch_srun_at > {SRUN_GRACE_S} )); then kill -s USR2 "$launch_srun" 2>/dev/null',
+        f'  else (sleep {SRUN_GRACE_S}; kill -s USR2 "$launch_srun" 2>/dev/null) & fi',
+        "}",
+        *(f"trap 'launch_stop {s}' {s}" for s in traps),
     ]
-    if sig != "TERM":
-        lines.append("trap 'launch_forward TERM' TERM")
     lines += ["", "# slurm.setup"] + list(cfg.slurm.setup) if cfg.slurm.setup else []
     lines += [
         "",
@@ -132,13 +171,23 @@ def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: 
         "launch_started=$(date +%s)",
         'echo "launch: job $SLURM_JOB_ID attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on $SLURM_JOB_NODELIST,'
         ' rendezvous $MASTER_ADDR:$MASTER_PORT" >&2',
-        f"srun --export=ALL --ntasks-per-node={plan.procs_per_node} {py} -m launcher.runtime.worker {rd} &",
-        "launch_srun=$!",
-        "# wait returns early when a trapped signal arrives: keep waiting until srun has exited",
         "launch_rc=0",
-        'while kill -0 "$launch_srun" 2>/dev/null; do wait "$launch_srun"; launch_rc=$?; done',
-        'wait "$launch_srun" 2>/dev/null; launch_last=$?  # (127: already collected above)',
-        'if [ "$launch_last" -ne 127 ]; then launch_rc=$launch_last; fi',
+        'if [ -e "$LAUNCHER_STOP_FILE" ]; then',
+        '  echo "launch: stop requested before training started; srun not started" >&2',
+        "else",
+        "  # each task ignores the stop signals until the worker has installed its handler (one in a",
+        "  # task's first ~0.2 s would kill it); a stop it misses, it reads from LAUNCHER_STOP_FILE",
+        "  launch_srun_at=$SECONDS",
+        f"  srun --export=ALL --ntasks-per-node={plan.procs_per_node} /bin/sh -c "
+        f"""'trap "" {" ".join(STOP_SIGNALS)}; exec "$@"' launch-worker {py} -m launcher.runtime.worker {rd} &""",
+        "  launch_srun=$!",
+        "  # wait returns early when a trapped signal arrives: keep waiting until srun has exited",
+        '  while kill -0 "$launch_srun" 2>/dev/null; do wait "$launch_srun"; launch_rc=$?; done',
+        '  wait "$launch_srun" 2>/dev/null; launch_last=$?  # (127: already collected above)',
+        '  if [ "$launch_last" -ne 127 ]; then launch_rc=$launch_last; fi',
+        "fi",
+        "# srun has ended: a stop signal from here on changes nothing (not even the TERM of our own requeue)",
+        f"trap '' {' '.join(traps)}",
         "# rank 0's node decides: requeue after a preemption (within slurm.max_requeues), else finish",
         f'{py} -m launcher.slurm after {rd} "$launch_started" "$launch_rc"',
         "",
@@ -170,6 +219,53 @@ def job_info(job_id: str) -> dict[str, str] | None:
     if r.returncode != 0 or "JobId=" not in r.stdout:
         return None
     return dict(re.findall(r"(\w+)=(\S*)", r.stdout))
+
+
+def slurm_seconds(value: str | None) -> int | None:
+    """Slurm's durations (``RunTime``, ``TimeLimit``: MM:SS, HH:MM:SS, D-HH:MM:SS) in seconds; None
+    for UNLIMITED or anything else."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", value or "")
+    if not m:
+        return None
+    days, hours, minutes, seconds = (int(x or 0) for x in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def completing_means(info: dict[str, str], accounted: str | None = None) -> str:
+    """Why a job is COMPLETING while its batch script still runs (pure): ``scontrol show job`` then
+    shows the COMPLETING flag, not the state under it (CANCELLED after ``scancel``, the same JobState
+    a finished job shows), and ``squeue --json`` of Slurm 22.05 shows the same. ``accounted``:
+    what ``sacct`` says, where the cluster has accounting. Slurm's own requeue (``scontrol requeue``,
+    a preemption, a node failure) raises ``Restarts`` and is told apart by the caller; what is left
+    is ``scancel`` or the time limit (``RunTime`` reached ``TimeLimit``)."""
+    if accounted and accounted not in ("RUNNING", "COMPLETING", "PENDING", "REQUEUED", "RESIZING", "SUSPENDED"):
+        return accounted
+    run, limit = slurm_seconds(info.get("RunTime")), slurm_seconds(info.get("TimeLimit"))
+    if run is not None and limit is not None and run >= limit - 1:
+        return "TIMEOUT"
+    return "CANCELLED"
+
+
+def base_state(job_id: str, info: dict[str, str] | None) -> str | None:
+    """The job's state now, from inside the job: JobState, with COMPLETING resolved
+    (:func:`completing_means`; ``sacct`` asked where there is accounting)."""
+    state = (info or {}).get("JobState")
+    if state != "COMPLETING":
+        return state
+    accounted = None
+    if shutil.which("sacct"):
+        try:
+            r = subprocess.run(
+                ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            words = r.stdout.split() if r.returncode == 0 else []
+            accounted = words[0] if words else None  # "CANCELLED by 1000" -> CANCELLED
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return completing_means(info or {}, accounted)
 
 
 def active_job(run_dir: Path) -> tuple[str, dict] | None:
@@ -244,6 +340,8 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
         (run_path / "logs").mkdir(exist_ok=True)  # Slurm does not create the output file's directory
         write_atomic(run_path / SCRIPT_FILE, script)
         (run_path / CANCELLED_MARKER).unlink(missing_ok=True)
+        for old in run_path.glob(f"{STOP_FILE_PREFIX}*"):
+            old.unlink(missing_ok=True)  # left by an attempt whose batch shell was killed
         job_id = submit(run_path / SCRIPT_FILE)
     except LaunchError:
         if fresh:
@@ -261,57 +359,182 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
 # ---------------------------------------------------------------- after an attempt (in the job)
 
 
-def decide_after(summary: dict | None, restarts: int, max_requeues: int, cancelled: bool) -> tuple[bool, str]:
-    """(requeue?, what to say) after srun ended. Pure."""
-    status = (summary or {}).get("status")
+SLURM_REQUEUEING = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING"}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What ``after`` knows when srun has ended (or was never started)."""
+
+    summary: dict | None  # summary.json if this attempt wrote it, else None
+    stop: str | None  # the stop signal the batch shell recorded in this attempt ("USR2", "TERM", ...)
+    job_state: str | None  # Slurm's state of the job now, COMPLETING resolved (None: unknown)
+    slurm_restarts: int | None  # Slurm's restart count now (None: unknown)
+    restarts: int  # this attempt's SLURM_RESTART_COUNT
+    max_requeues: int
+    cancelled: bool = False  # `launch cancel` marked the run
+    rc: int = 0  # srun's exit status (0 when srun was not started)
+    job_id: str = "?"
+
+
+@dataclass(frozen=True)
+class Decision:
+    requeue: bool
+    message: str  # one line, after "launch: "
+    exit_code: int  # the batch script's
+    status: str | None = None  # rewrite summary.json's status to this (None: leave it as it is)
+    reason: str | None = None
+
+
+def decide_after(a: Attempt) -> Decision:
+    """Requeue or not after an attempt, what to say, and what summary.json must say. Pure."""
+    summary = a.summary or {}
+    status = summary.get("status")
+    step = summary.get("global_step")
+    attempt = f"attempt {a.restarts + 1} of job {a.job_id}"
     if status == "completed":
-        return False, "completed"
+        return Decision(False, "completed", EXIT_COMPLETED)
     if status == "failed":
-        return False, f"failed ({summary.get('reason') or 'see the log above'}); not requeued"
-    if status in ("preempted", "stopped"):
-        step = summary.get("global_step")
-        if cancelled:
-            return False, f"cancelled at step {step}; run the same launch command to resume"
-        if restarts >= max_requeues:
-            return False, (
-                f"{status} at step {step}; slurm.max_requeues={max_requeues} reached, not requeued: "
-                "run the same launch command to resume"
+        why = summary.get("reason") or "see the log above"
+        return Decision(False, f"failed ({why}); not requeued", a.rc or EXIT_FAILED)
+    # Slurm requeues the job itself (scontrol requeue, a preemption, a node failure): the state
+    # under COMPLETING then reads like a cancel, Restarts tells
+    requeued = a.job_state in SLURM_REQUEUEING or (a.slurm_restarts is not None and a.slurm_restarts > a.restarts)
+    if a.cancelled or (a.job_state == "CANCELLED" and not requeued):
+        who = "launch cancel" if a.cancelled else "scancel"
+        where = f" at step {step}" if a.summary else ""
+        return Decision(
+            False,
+            f"cancelled by {who}{where}; not requeued: run the same launch command to resume",
+            EXIT_STOPPED,
+            "stopped",
+            f"cancelled by {who}",
+        )
+    if requeued:
+        what = f"{status} at step {step}" if a.summary else f"{attempt} ended without a summary (exit code {a.rc})"
+        reason = None if a.summary else f"{attempt} ended without a summary; Slurm requeued the job"
+        return Decision(
+            False,
+            f"{what}; Slurm requeues the job itself (scontrol requeue or preemption), not requeued again",
+            EXIT_PREEMPTED,
+            None if a.summary else "preempted",
+            reason,
+        )
+    if status in ("preempted", "stopped") or (not a.summary and a.stop):
+        if a.summary:
+            what, new_status, reason = f"{status} at step {step}", None, None
+        else:  # the stop came before srun started, or the tasks died of it before they could save
+            what = f"preempted before training (SIG{a.stop} in {attempt}, exit code {a.rc})"
+            new_status, reason = "preempted", f"SIG{a.stop} before training started in {attempt}"
+        if a.restarts >= a.max_requeues:
+            limit = f"slurm.max_requeues={a.max_requeues} reached"
+            return Decision(
+                False,
+                f"{what}; {limit}, not requeued: run the same launch command to resume",
+                EXIT_PREEMPTED,
+                "preempted",
+                f"{reason}; {limit}" if reason else limit,
             )
-        return True, f"{status} at step {step}; requeueing (requeue {restarts + 1} of at most {max_requeues})"
-    return False, "ended without a summary (killed, or crashed before training); not requeued"
+        return Decision(
+            True,
+            f"{what}; requeueing (requeue {a.restarts + 1} of at most {a.max_requeues})",
+            EXIT_PREEMPTED,
+            new_status,
+            reason,
+        )
+    what = f"{attempt} ended without a summary (exit code {a.rc}): killed, or crashed before training"
+    return Decision(False, f"{what}; not requeued", a.rc or EXIT_FAILED, "failed", what)
+
+
+def slurm_stamp(job_id: str, restart: int) -> dict:
+    """What the worker writes into summary.json under Slurm: which attempt wrote it."""
+    return {"job_id": str(job_id), "restart": int(restart)}
+
+
+def summary_is_from(summary: dict | None, job_id: str, restart: int, mtime: float | None, started: float) -> bool:
+    """Whether ``summary`` was written by attempt ``restart`` of job ``job_id``: by its "slurm" stamp,
+    or (a summary without one) by its mtime against the attempt's start. Pure."""
+    if not summary:
+        return False
+    stamp = summary.get("slurm")
+    if isinstance(stamp, dict) and "job_id" in stamp:
+        return str(stamp.get("job_id")) == str(job_id) and stamp.get("restart") == restart
+    return mtime is not None and mtime >= started - 1
+
+
+def _summary_and_mtime(rd: RunDir) -> tuple[dict | None, float | None]:
+    try:
+        mtime = rd.summary.stat().st_mtime
+    except OSError:
+        return None, None
+    return rd.read_summary(), mtime
+
+
+def _restarts(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
     """In the batch script once srun has ended: requeue after a preemption; the script's exit code."""
+    import signal
+
     from launcher import yamlio
 
+    # a stop signal now (or the TERM that our own requeue brings) must not cut this short: the
+    # batch shell has recorded it already
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     rd = RunDir(run_dir)
-    summary = None
-    try:
-        if rd.summary.stat().st_mtime >= started - 1:
-            summary = rd.read_summary()
-    except OSError:
-        pass
+    job_id = environ.get("SLURM_JOB_ID", "")
+    restarts = _restarts(environ.get("SLURM_RESTART_COUNT"))
+    found, mtime = _summary_and_mtime(rd)
+    summary = found if summary_is_from(found, job_id, restarts, mtime, started) else None
     try:
         max_requeues = int((yamlio.load(rd.config.read_text()) or {}).get("slurm", {}).get("max_requeues", 3))
     except (OSError, ValueError, yamlio.YAMLError):
         max_requeues = 0
-    restarts = int(environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    cancelled = (run_dir / CANCELLED_MARKER).exists()
-    requeue, message = decide_after(summary, restarts, max_requeues, cancelled)
-    print(f"launch: {message}", file=sys.stderr, flush=True)
-    if requeue:
-        job_id = environ.get("SLURM_JOB_ID", "")
+    stop_path = Path(environ.get("LAUNCHER_STOP_FILE") or stop_file(run_dir, job_id, restarts))
+    try:
+        stop = stop_path.read_text().strip() or "USR2"
+    except OSError:
+        stop = None
+    info = job_info(job_id) if job_id else None
+    attempt = Attempt(
+        summary=summary,
+        stop=stop,
+        job_state=base_state(job_id, info) if info else None,
+        slurm_restarts=_restarts(info.get("Restarts")) if info else None,
+        restarts=restarts,
+        max_requeues=max_requeues,
+        cancelled=(run_dir / CANCELLED_MARKER).exists(),
+        rc=rc,
+        job_id=job_id,
+    )
+    d = decide_after(attempt)
+    if d.status is not None:
+        # summary.json tells the truth about this attempt; the fields the workers wrote (or, if they
+        # wrote none, the previous attempt's) are kept
+        new = dict(summary or found or {})
+        new.update(status=d.status, exit_code=d.exit_code, slurm=slurm_stamp(job_id, restarts))
+        new.pop("reason", None)
+        if d.reason:
+            new["reason"] = d.reason
+        try:
+            write_atomic(rd.summary, json.dumps(new, indent=2, default=float) + "\n")
+        except OSError as e:
+            print(f"launch: could not write {rd.summary}: {e.strerror}", file=sys.stderr, flush=True)
+    for old in run_dir.glob(f"{STOP_FILE_PREFIX}{job_id}.*"):
+        if _restarts(old.name.rsplit(".", 1)[-1]) <= restarts:
+            old.unlink(missing_ok=True)
+    print(f"launch: {d.message}", file=sys.stderr, flush=True)
+    if d.requeue:
         r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
         if r.returncode != 0:
             print(f"launch: scontrol requeue {job_id} failed: {r.stderr.strip()}", file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
-    status = (summary or {}).get("status")
-    if status == "completed":
-        return EXIT_COMPLETED
-    if status in ("preempted", "stopped"):
-        return EXIT_PREEMPTED
-    return rc if rc else EXIT_FAILED
+    return d.exit_code
 
 
 # ---------------------------------------------------------------- `launch status` / `launch cancel`
@@ -346,20 +569,55 @@ def _fmt(values: dict) -> str:
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def status_line(summary: dict | None, job_id: str | None, info: dict | None, current: bool, cancelled: bool) -> str:
+    """The ``status:`` of ``launch status``: what the run's latest attempt did. Pure.
+
+    ``info``: ``scontrol show job`` of the run's newest job (None: not a Slurm run, or Slurm has
+    forgotten it); ``current``: whether ``summary`` was written by that job's latest attempt;
+    ``cancelled``: ``launch cancel`` marked that job."""
+    summary = summary or {}
+    status, reason = summary.get("status"), summary.get("reason")
+    told = f"{status} ({reason})" if status and reason else status or "not finished"
+    state = (info or {}).get("JobState")
+    if not info or not job_id:
+        return told
+    if state in ACTIVE_STATES:
+        return state.lower()
+    if state == "CANCELLED":
+        if current and status in ("stopped", "failed", "completed"):
+            return told
+        return f"stopped (cancelled by {'launch cancel' if cancelled else 'scancel'})"
+    if current:
+        return told
+    word = {"PREEMPTED": "preempted", "CANCELLED": "stopped"}.get(state or "", "failed")
+    return f"{word} (Slurm job {job_id} {state}; its last attempt left no summary)"
+
+
+def _start_time(info: dict) -> float:
+    try:
+        return time.mktime(time.strptime(info.get("StartTime", ""), "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return 0.0
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir")
 def status_command(run_dir: str) -> int:
     """Show a run: its status, progress, newest checkpoint and, for Slurm runs, the job."""
     path = _run_dir_arg(run_dir)
     rd = RunDir(path)
-    summary = rd.read_summary() or {}
+    found, mtime = _summary_and_mtime(rd)
+    summary = found or {}
     jobs = read_jobs(path)
-    info = job_info(jobs[-1]["job_id"]) if jobs and shutil.which("scontrol") else None
-    state = summary.get("status", "not finished")
-    if info and info.get("JobState") in ACTIVE_STATES:
-        state = info["JobState"].lower()
+    newest = jobs[-1]["job_id"] if jobs else None
+    info = job_info(newest) if newest and shutil.which("scontrol") else None
+    current = bool(info) and summary_is_from(found, newest, _restarts(info.get("Restarts")), mtime, _start_time(info))
+    try:
+        cancelled = (path / CANCELLED_MARKER).read_text().strip() == newest
+    except OSError:
+        cancelled = False
     click.echo(f"run:        {path}")
-    click.echo(f"status:     {state}" + (f" ({summary['reason']})" if summary.get("reason") else ""))
+    click.echo(f"status:     {status_line(found, newest, info, current, cancelled)}")
     last = _last_metrics(rd)
     if last:
         click.echo(f"last log:   {_fmt(last)}")

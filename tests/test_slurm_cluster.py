@@ -16,6 +16,9 @@ import pytest
 from launcher.slurm import ACTIVE_STATES, job_info
 from tests.conftest import TINY, assert_same_weights, only_run_dir, read_jsonl, run_launch
 
+# the lines that mean a stop request killed the workers instead of stopping them
+KILLED = ("Killed", "without a summary", "User defined signal")
+
 pytestmark = pytest.mark.slurm
 
 # 12 optimizer steps at 2 x 8 samples; slow enough per step for a signal to land mid-training
@@ -163,7 +166,11 @@ def test_cancel_does_not_requeue_and_the_same_command_resumes(tmp_path, referenc
     time.sleep(7)  # longer than the requeue hold-off: it must still be cancelled
     assert job_info(job_id)["JobState"] == "CANCELLED"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "preempted" and summary["global_step"] < 12, summary  # stopped at a step boundary
+    assert summary["status"] == "stopped" and summary["reason"] == "cancelled by launch cancel", summary
+    assert 0 < summary["global_step"] < 12, summary  # stopped at a step boundary, with a checkpoint
+    assert "cancelled by launch cancel at step" in (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
+    r = run_launch(["status", str(run_dir)], tmp_path)
+    assert "status:     stopped (cancelled by launch cancel)" in r.stdout, r.stdout
 
     run_dir2, job2 = submit(args, tmp_path)
     assert run_dir2 == run_dir and job2 != job_id
@@ -186,3 +193,248 @@ def test_a_partition_slurm_does_not_know_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Slurm refused the job" in r.stderr and "partition" in r.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+# ---------------------------------------------------------------- stop signals (slurm/README.md)
+
+
+def _log(run_dir: Path, job_id: str) -> str:
+    path = run_dir / "logs" / f"slurm-{job_id}.out"
+    return path.read_text() if path.exists() else ""
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoints/step-*/COMPLETE"))
+
+
+def _trained_to(run_dir: Path) -> int:
+    try:
+        return max((e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in e), default=0)
+    except (OSError, ValueError):
+        return 0
+
+
+def send(job_id: str, kind: str) -> str:
+    """USR2/TERM/USR1 to the batch shell (the warning signal, `scancel --batch --signal=TERM`),
+    "tasks-TERM": TERM to the job's steps only, as a preemption with a grace time sends it, or
+    "scontrol-requeue": Slurm requeues the job itself (TERM to everything, then KILL)."""
+    if kind == "tasks-TERM":
+        cmd = ["scancel", "--signal=TERM", job_id]
+    elif kind == "scontrol-requeue":
+        cmd = ["scontrol", "requeue", job_id]
+    else:
+        cmd = ["scancel", "--batch", f"--signal={kind}", job_id]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return "" if r.returncode == 0 else f" [{' '.join(cmd)}: {r.stderr.strip()}]"
+
+
+def signal_attempts(run_dir: Path, job_id: str, schedule: list[tuple[str, object]]) -> list[str]:
+    """Attempt k+1 gets signal ``schedule[k]``: (kind, when), ``when`` seconds after the attempt's
+    "attempt N" line (printed just before srun starts), "ckpt" right after the attempt's first new
+    checkpoint, or "steady" once it has logged training. Returns one line per signal: what was sent
+    when, and what the attempt's `after` said."""
+    done = []
+    for k, (kind, when) in enumerate(schedule):
+        mark = f"attempt {k + 1} "
+
+        def started(mark=mark):
+            return mark in _log(run_dir, job_id)
+
+        deadline, polls = time.time() + 240, 0
+        while not started():
+            polls += 1
+            ended = polls % 50 == 0 and (job_info(job_id) or {}).get("JobState") not in ACTIVE_STATES
+            assert not ended and time.time() < deadline, (
+                f"attempt {k + 1} of job {job_id} did not start; so far: {done}\n{_log(run_dir, job_id)}"
+            )
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        ckpts, trained = _checkpoint_steps(run_dir), _trained_to(run_dir)
+        if when == "ckpt":
+            wait_until(lambda c=ckpts: _checkpoint_steps(run_dir) != c, 120, f"a checkpoint in attempt {k + 1}")
+        elif when == "steady":
+            wait_until(lambda t=trained: _trained_to(run_dir) > t, 120, f"training in attempt {k + 1}")
+        else:
+            time.sleep(max(0.0, float(when) - (time.monotonic() - t0)))
+        sent = time.monotonic() - t0
+        refused = send(job_id, kind)
+        wait_until(
+            lambda k=k: (
+                int((job_info(job_id) or {}).get("Restarts", 0)) > k
+                or (job_info(job_id) or {}).get("JobState") not in ACTIVE_STATES
+            ),
+            240,
+            f"attempt {k + 1} to end",
+        )
+        # the attempt's `after` has spoken once the next attempt starts (Slurm's own requeue raises
+        # Restarts before that) or the job has ended
+        wait_until(
+            lambda k=k: (
+                f"attempt {k + 2} " in _log(run_dir, job_id)
+                or (job_info(job_id) or {}).get("JobState") not in ACTIVE_STATES
+            ),
+            240,
+            f"attempt {k + 2} to start",
+        )
+        part = _log(run_dir, job_id).split(mark, 1)[1].split(f"attempt {k + 2} ", 1)[0]
+        said = [ln for ln in part.splitlines() if ln.startswith("launch: ") and not ln.startswith("launch: job ")]
+        done.append(f"{kind}@{when} (sent {sent:.2f} s after 'attempt {k + 1}'{refused}): {said[-1] if said else '?'}")
+    return done
+
+
+def assert_all_requeued_and_exact(run_dir: Path, job_id: str, outcomes: list[str], reference: Path) -> str:
+    """The job completed, each signal cost one requeue, no worker was killed, the weights are exact."""
+    info = wait_done(job_id, 300)
+    log = _log(run_dir, job_id)
+    assert info["JobState"] == "COMPLETED", (info, outcomes, log)
+    assert int(info["Restarts"]) == len(outcomes), (outcomes, log)  # each stop: one requeue, no more
+    assert all("requeueing" in o or "Slurm requeues the job itself" in o for o in outcomes), (outcomes, log)
+    assert not [w for w in KILLED if w in log], log
+    if not any(o.startswith("scontrol-requeue") for o in outcomes):
+        # srun was never sent TERM (a `scontrol requeue` sends it one itself, cosmetic then: the
+        # step is being ended by slurmd and the tasks still checkpoint)
+        assert "forcing job termination" not in log, log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["slurm"] == {"job_id": job_id, "restart": len(outcomes)}
+    steps = [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in e]
+    assert steps == sorted(set(steps))
+    assert_same_weights(run_dir / "model.safetensors", reference)
+    return log
+
+
+def test_term_and_early_warnings_end_in_a_requeue_then_bit_exact(tmp_path, reference):
+    """TERM to the batch shell mid-training (before: srun killed the tasks, FAILED), and a warning
+    at 0 s / TERM at 1 s after an attempt's start (before: the workers died of it): each attempt
+    ends preempted, requeues, and the run completes with the uninterrupted run's weights."""
+    run_dir, job_id = submit([*BASE, "--slurm", "--nodes", "2", *SLOW], tmp_path)
+    outcomes = signal_attempts(run_dir, job_id, [("USR2", 0.0), ("TERM", 1.0), ("TERM", "steady")])
+    print("\n".join(outcomes))
+    log = assert_all_requeued_and_exact(run_dir, job_id, outcomes, reference)
+    # the early ones stopped before training (nothing new saved), the last one at a step boundary
+    assert re.search(r"preempted (at step 0|before training)", outcomes[0]) and "at step 0;" in outcomes[1], outcomes
+    assert not re.search(r"at step 0;", outcomes[2]), outcomes
+    assert "SIGTERM received: stop requested" in log
+
+
+def test_a_warning_during_setup_is_kept_and_requeues_before_training(tmp_path, reference):
+    """USR1 (slurm.signal=sigusr1) 2 s into `slurm.setup` (before: dropped, no srun to pass it to)."""
+    args = [*BASE, "--slurm", "--procs", "2", 'slurm.setup=["sleep 6"]', "slurm.signal=sigusr1"]
+    run_dir, job_id = submit(args, tmp_path)
+    assert "#SBATCH --signal=B:USR1@120" in (run_dir / "submit.sbatch").read_text()
+    wait_until(lambda: (job_info(job_id) or {}).get("JobState") == "RUNNING", 120, "the job to start")
+    time.sleep(2)
+    send(job_id, "USR1")
+    info = wait_done(job_id)
+    log = _log(run_dir, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log)
+    first = log.split("attempt 2 ")[0]
+    assert "srun not started" in first and "preempted before training (SIGUSR1 in attempt 1" in first, log
+    assert "requeueing (requeue 1 of at most 3)" in first
+    assert not [w for w in KILLED if w in log], log
+    assert_same_weights(run_dir / "model.safetensors", reference)
+    assert not list(run_dir.glob(".stop-*"))
+
+
+def test_plain_scancel_stops_without_requeue_and_the_same_command_resumes(tmp_path, reference):
+    """`scancel JOB` (before: the job requeued itself and trained to the end)."""
+    args = [*BASE, "--slurm", "--nodes", "2", "data.step_delay=0.8", "checkpoint.every_steps=100"]
+    run_dir, job_id = submit(args, tmp_path)
+    wait_until(lambda: trained_in_attempt(run_dir, job_id, 0, 2), 120, "training")
+    subprocess.run(["scancel", job_id], check=True)
+    info = wait_done(job_id)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
+    time.sleep(7)  # longer than the requeue hold-off: it must still be cancelled
+    info = job_info(job_id)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", (info, _log(run_dir, job_id))
+    r = run_launch(["status", str(run_dir)], tmp_path)
+    assert "status:     stopped (cancelled by scancel)" in r.stdout, r.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped", (summary, _log(run_dir, job_id))  # the batch shell ran `after`
+    assert "cancelled by scancel at step" in _log(run_dir, job_id)
+
+    # the same command resumes; that job's workers are killed (no summary, no stop): a lost
+    # attempt, which `launch status` must not report as the previous attempt's `stopped`
+    run_dir2, job2 = submit(args, tmp_path)
+    assert run_dir2 == run_dir and job2 != job_id
+    wait_until(lambda: trained_in_attempt(run_dir, job2, 0, summary["global_step"] // 2 + 1), 120, "training")
+    for pid in _worker_pids(run_dir):
+        os.kill(pid, 9)
+    info = wait_done(job2)
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "0", (info, _log(run_dir, job2))
+    r = run_launch(["status", str(run_dir)], tmp_path)
+    assert f"status:     failed (attempt 1 of job {job2} ended without a summary (exit code " in r.stdout, r.stdout
+    assert "not requeued" in _log(run_dir, job2)
+
+    run_dir3, job3 = submit(args, tmp_path)
+    assert run_dir3 == run_dir and job3 not in (job_id, job2)
+    assert wait_done(job3)["JobState"] == "COMPLETED", _log(run_dir, job3)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert_same_weights(run_dir / "model.safetensors", reference)
+
+
+def _worker_pids(run_dir: Path) -> list[int]:
+    """The worker processes of this run (both nodes of the test cluster are this machine)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"launcher.runtime.worker" in argv and str(run_dir).encode() in argv and b"-c" not in argv:
+            pids.append(int(proc.name))
+    assert pids
+    return pids
+
+
+@pytest.mark.slow
+def test_stop_signal_sweep_and_storm(tmp_path, reference):
+    """USR2 and TERM at 0 / 0.3 / 1 / 2 s after each attempt's start, right after its first
+    checkpoint and in steady state (also TERM to the tasks only, and `scontrol requeue`), one job
+    per signal, and a storm of 4 signals 3 s apart: every job completes bit-identical, within
+    slurm.max_requeues."""
+    import threading
+
+    offsets = [0.0, 0.3, 1.0, 2.0, "ckpt", "steady"]
+    plans = {
+        "usr2": [("USR2", w) for w in offsets] + [("tasks-TERM", "steady")],
+        "term": [("TERM", w) for w in offsets] + [("scontrol-requeue", "steady")],
+    }
+    common = [*BASE, "--slurm", "--nodes", "2", "data.step_delay=0.5", "slurm.max_requeues=8"]
+    results: dict[str, object] = {}
+
+    def sweep(name):
+        try:
+            run_dir, job_id = submit([*common, f"run.name={name}"], tmp_path / name)
+            results[name] = (run_dir, job_id, signal_attempts(run_dir, job_id, plans[name]))
+        except BaseException as e:  # reported below
+            results[name] = e
+
+    for name in plans:
+        (tmp_path / name).mkdir()
+    threads = [threading.Thread(target=sweep, args=(n,)) for n in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in plans:
+        if isinstance(results[name], BaseException):
+            raise results[name]
+        run_dir, job_id, outcomes = results[name]
+        print(f"{name}: job {job_id}\n  " + "\n  ".join(outcomes))
+        assert_all_requeued_and_exact(run_dir, job_id, outcomes, reference)
+
+    (tmp_path / "storm").mkdir()
+    run_dir, job_id = submit([*common, "run.name=storm"], tmp_path / "storm")
+    wait_until(lambda: "attempt 1 " in _log(run_dir, job_id), 240, "the storm's job to start")
+    for kind in ("USR2", "TERM", "USR2", "TERM"):
+        send(job_id, kind)
+        time.sleep(3)
+    info = wait_done(job_id, 300)
+    log = _log(run_dir, job_id)
+    print(
+        f"storm: job {job_id}, {info['Restarts']} requeues:\n"
+        + "\n".join(ln for ln in log.splitlines() if ln.startswith("launch: "))
+    )
+    assert info["JobState"] == "COMPLETED" and 1 <= int(info["Restarts"]) <= 4, (info, log)
+    assert not [w for w in KILLED if w in log], log
+    assert_same_weights(run_dir / "model.safetensors", reference)

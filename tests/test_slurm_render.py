@@ -15,7 +15,16 @@ from launcher.errors import ConfigError, LaunchError
 from launcher.plan import make_plan
 from launcher.recipe_loader import load_recipe
 from launcher.runtime.env import DistEnv, torch_env_from_slurm
-from launcher.slurm import decide_after, master_port, render_sbatch
+from launcher.slurm import (
+    Attempt,
+    completing_means,
+    decide_after,
+    master_port,
+    render_sbatch,
+    slurm_seconds,
+    status_line,
+    summary_is_from,
+)
 from tests.conftest import TINY, run_launch
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -65,15 +74,29 @@ def test_golden_flags_reflect_config():
         "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --reservation=big", "module load cuda/12.4",
     ]:  # fmt: skip
         assert line in text.splitlines(), line
-    # the trap is installed before anything else runs
+    # the traps are installed before anything that takes time: only the stop file's name and the
+    # handler come before them
     body = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert body[2].startswith("trap "), body[:3]
+    first = next(i for i, ln in enumerate(body) if ln.startswith("trap "))
+    assert body[0].startswith("export LAUNCHER_STOP_FILE=") and body[first - 1] == "}", body[: first + 1]
+    assert body[first : first + 4] == [f"trap 'launch_stop {s}' {s}" for s in ("USR2", "TERM", "INT", "HUP")]
+    # srun is never sent TERM (it kills the tasks on TERM); the stop request to srun is USR2
+    assert "kill -s TERM" not in text and 'kill -s USR2 "$launch_srun"' in text
+
+
+@pytest.mark.parametrize("value,sig", [("USR1", "USR1"), ("sigterm", "TERM"), ("SigUsr2", "USR2")])
+def test_the_warning_signal_is_trapped_first(value, sig):
+    text = render([("run.name", "s"), ("slurm.signal", value)])
+    assert f"#SBATCH --signal=B:{sig}@120" in text.splitlines()
+    traps = [ln for ln in text.splitlines() if ln.startswith("trap 'launch_stop")]
+    assert traps[0] == f"trap 'launch_stop {sig}' {sig}"
+    assert sorted(t.split()[-1] for t in traps) == sorted({sig, "USR2", "TERM", "INT", "HUP"})
 
 
 def test_user_values_cannot_reach_the_shell_unquoted(tmp_path):
     evil = "x$(touch PWNED)`touch PWNED2`;touch PWNED3 'q"
     text = render([("run.name", evil.replace("/", "_"))], run_dir=f"/scratch/{evil}")
-    srun = next(ln for ln in text.splitlines() if ln.startswith("srun "))
+    srun = next(ln.strip() for ln in text.splitlines() if ln.strip().startswith("srun "))
     assert shlex.split(srun)[-2:] == [f"/scratch/{evil}", "&"]
     # run the parts of the script that handle the value, with the value in it: nothing is executed
     after = next(ln for ln in text.splitlines() if "-m launcher.slurm after" in ln)
@@ -98,7 +121,12 @@ def test_a_line_break_in_a_path_is_refused():
         ("slurm.time", "4h", "not a Slurm time"),
         ("slurm.mem", "lots", "not a Slurm memory size"),
         ("slurm.extra", '["reservation=big"]', "must be one sbatch flag"),
-        ("slurm.signal", "KILL9", "not a signal name"),
+        ("slurm.signal", "KILL9", "not a warning signal the batch script handles; use USR2"),
+        ("slurm.signal", "99", "not a warning signal"),  # passed before, then `trap: 99: invalid signal`
+        ("slurm.signal", "INT", "use USR2 \\(the default\\), USR1 or TERM"),
+        ("slurm.signal", "HUP", "not a warning signal"),
+        ("slurm.signal", "URG", "not a warning signal"),
+        ("slurm.signal", "USR2 ", "not a warning signal"),
     ],
 )
 def test_bad_slurm_values_are_refused(key, value, expected):
@@ -130,21 +158,150 @@ def test_slurm_environment_becomes_torch_environment():
     assert torch_env_from_slurm({k: v for k, v in environ.items() if k != "LAUNCHER_SLURM"}) == {}
 
 
-@pytest.mark.parametrize(
-    "summary,restarts,cancelled,requeue,says",
-    [
-        ({"status": "preempted", "global_step": 7}, 0, False, True, "requeue 1 of at most 3"),
-        ({"status": "preempted", "global_step": 7}, 3, False, False, "max_requeues=3 reached"),
-        ({"status": "preempted", "global_step": 7}, 0, True, False, "cancelled"),
-        ({"status": "failed", "reason": "boom"}, 0, False, False, "failed (boom)"),
-        ({"status": "completed"}, 1, False, False, "completed"),
-        (None, 0, False, False, "without a summary"),
-    ],
-)
-def test_requeue_decision(summary, restarts, cancelled, requeue, says):
-    again, message = decide_after(summary, restarts, 3, cancelled)
-    assert again is requeue
-    assert says in message
+PRE = {"status": "preempted", "global_step": 7, "exit_code": 143}
+NOSUM = None
+# (summary, stop, job_state, slurm_restarts, restarts, cancelled, rc) -> (requeue, status written, exit, says)
+AFTER_CASES = {
+    "preempted mid-training": ((PRE, "USR2", "RUNNING", 0, 0, False, 143), (True, None, 143, "preempted at step 7; requeueing (requeue 1 of at most 3)")),
+    "preempted, TERM to the tasks only": ((PRE, None, "RUNNING", 1, 1, False, 143), (True, None, 143, "requeue 2 of at most 3")),
+    "preempted, requeues used up": ((PRE, "TERM", "RUNNING", 3, 3, False, 143), (False, "preempted", 143, "slurm.max_requeues=3 reached, not requeued")),
+    "stop before srun started": ((NOSUM, "USR2", "RUNNING", 0, 0, False, 0), (True, "preempted", 143, "preempted before training (SIGUSR2 in attempt 1 of job 42, exit code 0); requeueing")),
+    "tasks died of an early stop": ((NOSUM, "TERM", "RUNNING", 1, 1, False, 140), (True, "preempted", 143, "preempted before training (SIGTERM in attempt 2")),
+    "early stop, requeues used up": ((NOSUM, "USR2", "RUNNING", 3, 3, False, 0), (False, "preempted", 143, "max_requeues=3 reached")),
+    "plain scancel": ((PRE, "TERM", "CANCELLED", 0, 0, False, 143), (False, "stopped", 130, "cancelled by scancel at step 7; not requeued: run the same launch command")),
+    "scancel, batch shell first": ((NOSUM, "TERM", "CANCELLED", 0, 0, False, 137), (False, "stopped", 130, "cancelled by scancel; not requeued")),
+    "launch cancel": ((PRE, "TERM", "CANCELLED", 0, 0, True, 143), (False, "stopped", 130, "cancelled by launch cancel at step 7")),
+    "launch cancel, Slurm's state unknown": ((PRE, None, None, None, 0, True, 143), (False, "stopped", 130, "cancelled by launch cancel")),
+    "scontrol requeue from outside": ((PRE, "TERM", "CANCELLED", 1, 0, False, 143), (False, None, 143, "Slurm requeues the job itself")),
+    "scontrol requeue, no summary": ((NOSUM, "TERM", "PENDING", 1, 0, False, 137), (False, "preempted", 143, "attempt 1 of job 42 ended without a summary (exit code 137); Slurm requeues")),
+    "time limit": ((PRE, "TERM", "TIMEOUT", 0, 0, False, 143), (True, None, 143, "requeueing")),
+    "failed": (({"status": "failed", "reason": "boom"}, None, "RUNNING", 0, 0, False, 1), (False, None, 1, "failed (boom); not requeued")),
+    "failed while a stop was requested": (({"status": "failed", "reason": "boom"}, "USR2", "RUNNING", 0, 0, False, 1), (False, None, 1, "failed (boom)")),
+    "completed": (({"status": "completed"}, None, "RUNNING", 1, 1, False, 0), (False, None, 0, "completed")),
+    "completed, then cancelled": (({"status": "completed"}, "TERM", "CANCELLED", 0, 0, True, 0), (False, None, 0, "completed")),
+    "lost attempt": ((NOSUM, None, "RUNNING", 0, 0, False, 137), (False, "failed", 137, "attempt 1 of job 42 ended without a summary (exit code 137): killed, or crashed before training; not requeued")),
+    "lost attempt, no exit code": ((NOSUM, None, None, None, 0, False, 0), (False, "failed", 1, "without a summary (exit code 0)")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(AFTER_CASES))
+def test_requeue_decision(case):
+    (summary, stop, state, slurm_restarts, restarts, cancelled, rc), expected = AFTER_CASES[case]
+    attempt = Attempt(summary, stop, state, slurm_restarts, restarts, 3, cancelled, rc, "42")
+    d = decide_after(attempt)
+    requeue, status, code, says = expected
+    assert (d.requeue, d.status, d.exit_code) == (requeue, status, code), d
+    assert says in d.message, d.message
+    assert "\n" not in d.message
+    if status is not None:
+        assert d.reason  # summary.json says why
+
+
+def test_completing_means_cancel_unless_time_limit_or_accounting_says_otherwise():
+    running = {"JobState": "COMPLETING", "RunTime": "00:00:08", "TimeLimit": "UNLIMITED", "Restarts": "0"}
+    assert completing_means(running) == "CANCELLED"
+    assert completing_means({**running, "TimeLimit": "00:10:00"}) == "CANCELLED"
+    assert completing_means({**running, "RunTime": "1-00:00:00", "TimeLimit": "1-00:00:00"}) == "TIMEOUT"
+    assert completing_means(running, accounted="PREEMPTED") == "PREEMPTED"
+    assert completing_means(running, accounted="RUNNING") == "CANCELLED"  # accounting lags: not an answer
+    assert slurm_seconds("1-02:03:04") == 93784 and slurm_seconds("05:06") == 306 and slurm_seconds("UNLIMITED") is None
+
+
+def test_a_summary_belongs_to_an_attempt_by_its_stamp_or_else_its_mtime():
+    stamped = {"status": "preempted", "slurm": {"job_id": "42", "restart": 1}}
+    assert summary_is_from(stamped, "42", 1, mtime=0.0, started=100.0)  # the stamp wins over the mtime
+    assert not summary_is_from(stamped, "42", 2, mtime=200.0, started=100.0)
+    assert not summary_is_from(stamped, "43", 1, mtime=200.0, started=100.0)
+    plain = {"status": "preempted"}
+    assert summary_is_from(plain, "42", 0, mtime=99.5, started=100.0)
+    assert not summary_is_from(plain, "42", 0, mtime=90.0, started=100.0)
+    assert not summary_is_from(None, "42", 0, mtime=200.0, started=100.0)
+
+
+STAMP0 = {"slurm": {"job_id": "42", "restart": 0}}
+# (summary, JobState or None, summary is the latest attempt's, launch cancel marker) -> status line
+STATUS_CASES = [
+    ({"status": "preempted", "reason": "x"}, "RUNNING", False, False, "running"),
+    ({"status": "preempted"}, "PENDING", True, False, "pending"),
+    ({"status": "completed"}, "COMPLETED", True, False, "completed"),
+    ({"status": "preempted", **STAMP0}, "FAILED", False, False, "failed (Slurm job 42 FAILED; its last attempt left no summary)"),
+    ({"status": "completed"}, "FAILED", False, False, "failed (Slurm job 42 FAILED; its last attempt left no summary)"),
+    ({"status": "preempted"}, "TIMEOUT", False, False, "failed (Slurm job 42 TIMEOUT"),
+    ({"status": "preempted"}, "CANCELLED", True, False, "stopped (cancelled by scancel)"),
+    ({"status": "preempted"}, "CANCELLED", False, True, "stopped (cancelled by launch cancel)"),
+    ({"status": "stopped", "reason": "cancelled by scancel"}, "CANCELLED", True, False, "stopped (cancelled by scancel)"),
+    ({"status": "failed", "reason": "attempt 2 of job 42 ended without a summary"}, "FAILED", True, False, "failed (attempt 2 of job 42 ended"),
+    ({"status": "preempted", "reason": "slurm.max_requeues=3 reached"}, "FAILED", True, False, "preempted (slurm.max_requeues=3 reached)"),
+    ({"status": "preempted"}, None, False, False, "preempted"),  # Slurm forgot the job: the summary is all there is
+    (None, None, False, False, "not finished"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("summary,state,current,cancelled,expected", STATUS_CASES)
+def test_status_line_tells_the_latest_attempt(summary, state, current, cancelled, expected):
+    info = {"JobState": state, "Restarts": "0"} if state else None
+    line = status_line(summary, "42", info, current, cancelled)
+    assert line.startswith(expected), line
+
+
+# The batch script's signal handling, run by bash with stand-ins for srun, scontrol and python.
+FAKE_SRUN = """#!/bin/bash
+echo "started $*" >> "$FAKE_LOG"
+trap 'echo "srun got USR2 at $SECONDS" >> "$FAKE_LOG"' USR2
+trap 'echo "srun got TERM" >> "$FAKE_LOG"' TERM
+for i in $(seq 40); do sleep 0.1; done
+echo "srun ended" >> "$FAKE_LOG"
+"""
+
+
+def _run_script(tmp_path, setup: str | None, signals: list[tuple[float, str]]) -> tuple[list[str], Path]:
+    import signal
+    import time
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, body in [
+        ("srun", FAKE_SRUN),
+        ("scontrol", '#!/bin/sh\necho n1\n'),
+        ("python", '#!/bin/sh\necho "after $*" >> "$FAKE_LOG"\n'),
+    ]:  # fmt: skip
+        (bin_ / name).write_text(body)
+        (bin_ / name).chmod(0o755)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    overrides = [("run.name", "b")] + ([("slurm.setup", f'["{setup}"]')] if setup else [])
+    cfg, plan = make(overrides)
+    script = tmp_path / "job.sh"
+    script.write_text(render_sbatch(cfg, plan, run_dir, str(bin_ / "python"), tmp_path))
+    log = tmp_path / "fake.log"
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "FAKE_LOG": str(log), "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}
+    p = subprocess.Popen(["bash", str(script)], env=env, stderr=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    for at, sig in signals:
+        time.sleep(max(0.0, at - (time.monotonic() - start)))
+        p.send_signal(getattr(signal, f"SIG{sig}"))
+    _, err = p.communicate(timeout=30)
+    return log.read_text().splitlines(), run_dir, err
+
+
+def test_script_a_stop_during_setup_means_no_srun_and_after_decides(tmp_path):
+    lines, run_dir, err = _run_script(tmp_path, "sleep 1", [(0.3, "USR2")])
+    assert not [ln for ln in lines if ln.startswith("started")], lines
+    assert [ln for ln in lines if ln.startswith("after ")] == [
+        f"after -m launcher.slurm after {run_dir} {lines[-1].split()[-2]} 0"
+    ]
+    assert (run_dir / ".stop-7.0").read_text() == "USR2\n"
+    assert "SIGUSR2 received" in err and "srun not started" in err
+
+
+def test_script_term_reaches_srun_as_usr2_and_early_ones_a_second_later(tmp_path):
+    lines, run_dir, err = _run_script(tmp_path, None, [(0.1, "TERM"), (2.6, "TERM"), (2.9, "INT")])
+    assert lines[0].startswith("started --export=ALL --ntasks-per-node=1 /bin/sh -c")
+    got = [ln for ln in lines if ln.startswith("srun got")]
+    assert got and all("USR2" in ln for ln in got), lines  # never TERM
+    assert len(got) == 3  # the first one held back (srun dies of a signal in its first ~20 ms), then each
+    assert lines[-1].startswith("after ") and lines[-1].endswith(" 0"), lines
+    assert (run_dir / ".stop-7.0").read_text() == "TERM\n"  # the first stop is the one recorded
 
 
 def test_without_sbatch_one_line_and_nothing_written(tmp_path):
