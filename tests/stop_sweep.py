@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import launch_env
+from tests.conftest import start
 
 # printed lines that must never appear
 BAD = re.compile(r"Traceback|Fatal Python error|SignalException|ChildFailedError|KeyboardInterrupt|Killed")
@@ -72,16 +72,8 @@ def trial(args: list[str], cwd: Path, sig: str, at: float | None, timeout: float
     """Start ``launch ARGS`` in ``cwd`` (its own process group, as a shell job), send ``sig`` after
     ``at`` seconds (None: once training has logged) -- INT to the whole group, as a terminal's
     Ctrl-C does; TERM, USR2 and KILL to launch alone, as ``kill PID`` does -- and wait for the end."""
-    started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=launch_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start(args, cwd, new_session=True)
+    started = proc.started
     if at is None:
         while proc.poll() is None and not any(
             p.stat().st_size and p.stat().st_mtime >= started for p in cwd.glob("runs/*/*/metrics.jsonl")

@@ -71,18 +71,13 @@ def test_sweep_of_moments(tmp_path, references, procs, sig, at):
 def test_a_second_ctrl_c_under_torchrun_aborts_at_once_in_one_line(tmp_path):
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import launch_env
+    from tests.conftest import start
     from tests.stop_sweep import wait_gone
 
     args = [*ARGS, "--procs", "2", "data.step_delay=3.0"]  # each step 3 s: the first Ctrl-C waits for it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", *args], cwd=tmp_path, env=launch_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = start(args, tmp_path, new_session=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob("runs/*/*/logs/rank-1.log")) and time.time() < deadline:
         time.sleep(0.05)
