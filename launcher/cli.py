@@ -272,6 +272,12 @@ def _command_for(argv: list[str]) -> tuple[click.Command, list[str], str]:
     return launch, argv, "launch"
 
 
+def _no_stop_flags() -> None:
+    """Python's own signal handling again (the flags installed so far give it back)."""
+    while (installed := signals.installed()) is not None:
+        installed.uninstall()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every user-fixable problem is one line on stderr and exit status 2.
 
@@ -283,6 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     flag = signals.StopFlag().install()
     try:
         command, args, prog = _command_for(argv)
+        if command is not launch:  # status, cancel, report: a Ctrl-C interrupts them as usual
+            _no_stop_flags()
+            if flag.requested:
+                raise KeyboardInterrupt
         code = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # pragma: no cover - click detail
         click.echo(e.format_message())
@@ -294,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e}", err=True)
         code = EXIT_BAD_INPUT
     except (click.exceptions.Abort, KeyboardInterrupt):  # a second Ctrl-C before training started
-        click.echo("launch: aborted before training started; nothing needed saving", err=True)
+        what = "before training started; nothing needed saving" if prog == "launch" else f"({prog})"
+        click.echo(f"launch: aborted {what}", err=True)
         code = EXIT_STOPPED
     finally:
         flag.uninstall()

@@ -12,6 +12,8 @@ marked slow (`pytest -m slow tests/test_stop_signals.py`); a sample of it runs i
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import TINY, assert_same_weights, only_run_dir, run_launch
@@ -90,3 +92,23 @@ def test_a_second_ctrl_c_under_torchrun_aborts_at_once_in_one_line(tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("launch:") and "aborted" in lines[0], err
     assert wait_gone(tmp_path) == []
+
+
+def test_ctrl_c_still_interrupts_the_other_commands(tmp_path, references):
+    """`launch report` (plots) is no run: a Ctrl-C ends it at once, one line, exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import launch_env
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "report", str(references[1].parent)], cwd=tmp_path, env=launch_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    time.sleep(0.4)  # importing matplotlib
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["launch: aborted (launch report)"], err
