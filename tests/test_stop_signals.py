@@ -47,7 +47,6 @@ def _stop_and_resume(tmp_path, references, procs: int, sig: str, at: float | Non
 SAMPLE = [
     (1, "INT", 0.3),  # launch is validating: nothing starts
     (1, "TERM", 1.2),  # the prewarmed worker is importing torch or setting up
-    (1, "INT", None),  # training: checkpoint at the next step
     (2, "INT", 1.5),  # torchrun's agent is starting the workers
     (2, "USR2", None),  # torchrun alone would die of USR2
     (2, "KILL", None),  # kill -9 of launch: no orphan trains on
