@@ -77,7 +77,7 @@ class StopFlag:
         if self.forward is not None:
             self.forward(signum)
         if self.status is None:
-            self.status, self.signum, self._first_at = STATUS_FOR[signal.Signals(signum)], signum, now
+            self.set(signum)
         elif signum == signal.SIGINT and self.abort and now - self._first_at > REPEAT_S:
             raise KeyboardInterrupt
 

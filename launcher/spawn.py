@@ -110,10 +110,10 @@ def status_code(run_dir: Path, started: float, fallback: int) -> int:
             return code
     except (OSError, ValueError):
         pass
-    path = run_dir / "summary.json"
-    try:
-        if path.stat().st_mtime >= started:
-            return EXIT_FOR_STATUS.get(json.loads(path.read_text()).get("status"), fallback or EXIT_FAILED)
-    except (OSError, ValueError):
-        pass
+    if _summary_since(run_dir, started):
+        try:
+            status = json.loads((run_dir / "summary.json").read_text()).get("status")
+            return EXIT_FOR_STATUS.get(status, fallback or EXIT_FAILED)
+        except (OSError, ValueError):
+            pass
     return fallback
