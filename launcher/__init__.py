@@ -7,3 +7,23 @@ and is imported only inside worker processes.
 """
 
 __version__ = "0.1.0"
+
+
+def _working_dir_last() -> None:
+    """``python -m launcher...`` (how `launch` starts the prewarmed interpreter, torchrun's agent
+    and the workers) puts the working directory first on ``sys.path``, so a ``recipes/`` (or any
+    folder named like a package we import) there would shadow ours. It moves to the end instead:
+    the user's own modules there stay importable (``recipe=my_pkg.module:Class``), after ours."""
+    import os
+    import sys
+
+    if not sys.path or sys.path[0] not in ("", "."):
+        try:
+            if not sys.path or os.path.realpath(sys.path[0]) != os.path.realpath(os.getcwd()):
+                return
+        except OSError:
+            return
+    sys.path.append(sys.path.pop(0))
+
+
+_working_dir_last()

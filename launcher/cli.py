@@ -57,9 +57,15 @@ def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str, st
     """Options may not contradict KEY=VALUE arguments or each other (e.g. --gpus 2 --device cpu)."""
     from launcher import yamlio
 
+    def read(raw: str):
+        try:
+            return yamlio.load(raw or "''")
+        except yamlio.YAMLError:  # not YAML (dist.procs=[1): compared as written
+            return raw
+
     given = {k: (v, f"{k}={v}") for k, v in args}
     for key, value, origin in flags:
-        if key in given and yamlio.load(given[key][0] or "''") != yamlio.load(value):
+        if key in given and read(given[key][0]) != read(value):
             raise LaunchError(f"{given[key][1]} conflicts with {origin} (both set {key}); give only one of them")
         given.setdefault(key, (value, origin))
     return args + [(k, v) for k, v, _ in flags]
@@ -148,6 +154,8 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     finally:
         if prewarmed is not None:
             prewarmed.cancel()  # (no-op if the run started in it)
+        if "launcher.runlock" in sys.modules:  # _launch took the run directory's lock: its run has ended
+            sys.modules["launcher.runlock"].release_all()
 
 
 # What the single-process worker imports anyway (torch first: most of the time).
@@ -197,7 +205,7 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         from launcher.commands import build_command
         from launcher.plan import make_plan
         from launcher.recipe_loader import recipe_dir_name
-        from launcher.rundir import default_run_name, global_batch_line, inspect_run_dir, write_config
+        from launcher.rundir import check_paths, default_run_name, inspect_run_dir, write_config
 
         spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
     if show_config:
@@ -211,7 +219,15 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
     if cfg.run.name is None:
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
+    check_paths(cfg)
     prepared = inspect_run_dir(cfg, run_path)
+    if not dry_run and plan.launcher != "slurm" and prepared.state != "completed":
+        from launcher import runlock
+
+        # one owner per run directory, until the run has ended (released in launch()); a second
+        # command is refused here with one line, having written nothing
+        runlock.acquire(run_path)
+        prepared = inspect_run_dir(cfg, run_path)  # again, as its owner: another may just have finished it
     from launcher.logsetup import check_logging
 
     check_logging(cfg, run_path)  # backend packages installed, log.dir writable
@@ -242,16 +258,27 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         final = summary.get("final_metrics") or {}
         shown = " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, (int, float)))
         click.echo(f"launch: {run_path} is already complete ({shown}); nothing to do.")
+        not_applied(prepared.safe_changes, run_path)
         click.echo("        To train again, pass another run.name=... or remove that directory.")
         return EXIT_COMPLETED
     for key, (old, new) in prepared.safe_changes.items():
         click.echo(f"launch: {key}: {old!r} -> {new!r} (safe for an existing run)", err=True)
-    write_config(prepared, cfg, plan.world_size)
-    if not cfg.log.quiet:
-        click.echo(f"launch: {global_batch_line(cfg, plan.world_size)}", err=True)
+    write_config(prepared, cfg, plan.world_size)  # (the worker prints the global batch once it has started)
     from launcher import spawn
 
     return spawn.run(command, run_path, prewarmed)
+
+
+def not_applied(changes: dict, run_path: Path) -> None:
+    """A completed run is not trained again: say which of the given settings had no effect."""
+    if not changes:
+        return
+    shown = ", ".join(f"{k}={new!r}" for k, (_, new) in list(changes.items())[:4])
+    more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+    click.echo(
+        f"        Not applied (they act while a run trains): {shown}{more}. For plots of this run: "
+        f"launch report {run_path}; to train on from its weights: model.init_from={run_path} run.name=NEW"
+    )
 
 
 # `launch NAME ...` for these names runs another click command ("module:attribute", imported lazily so

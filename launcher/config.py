@@ -11,26 +11,100 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
 import re
+import stat
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from launcher import yamlio
 from launcher.errors import ConfigError
 
+# Keys whose values are credentials: redacted from the wandb/TensorBoard config, and never part of a
+# run name, directory name or Slurm job name (launcher/rundir.py).
+SECRET_KEY = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
+
+
+INT64_MAX = 2**63 - 1  # what torch, numpy and the C side of every library take as an integer
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS, NTFS...)
+
+
+def _has_control(text: str) -> bool:
+    """Newline, tab, NUL, escape, ... (C0/C1 controls, line separators): never part of a path here."""
+    return not text.isprintable() and any(c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029" for c in text)
+
+
+def _numbers_in(ann: Any) -> tuple[bool, bool]:
+    """(does ``ann`` take a number, does it take a bool) -- of the annotation or of its items."""
+    if ann is bool:
+        return False, True
+    if ann in (int, float):
+        return True, False
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return _numbers_in(typing.get_args(ann)[0])
+    if origin in (typing.Union, types.UnionType, list, tuple, set, frozenset):
+        kinds = [_numbers_in(a) for a in typing.get_args(ann) if a is not Ellipsis]
+        return any(k[0] for k in kinds), any(k[1] for k in kinds)
+    return False, False
+
+
+def _has_bool_for_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
+
+
+def _huge_int(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -INT64_MAX - 1 <= value <= INT64_MAX
+    return isinstance(value, (list, tuple, set, frozenset)) and any(_huge_int(v) for v in value)
+
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, numbers may be given for strings."""
+    """Base of every config section: unknown keys are errors, numbers may be given for strings.
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, populate_by_name=True)
+    Numbers are finite (``.inf``, ``1e400`` and ``.nan`` are refused). :func:`validate` also refuses
+    a boolean for a number (``train.epochs=true`` is not 1) and integers beyond 64 bits (they end up
+    in C code: torch, numpy, sbatch): a walk over the tree, not validators on every class, which
+    would cost every start ~1 % in pydantic's class building. Strings of digits still count as
+    numbers (``lr: 1e-3`` is a string to YAML)."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, populate_by_name=True, allow_inf_nan=False)
+
+
+def _path_problem(key: str, value: str, example: str) -> str | None:
+    """Why ``value`` cannot be the directory path ``key`` (None if it can)."""
+    if not value.strip():
+        return f"{key} is empty; give a directory, e.g. {key}={example}"
+    if _has_control(value):
+        return f"{key}={value!r} holds a control character (newline, tab, ...); give a plain path"
+    for part in value.split("/"):
+        if len(os.fsencode(part)) > NAME_MAX:
+            return (
+                f"{key} has a name of {len(os.fsencode(part))} bytes ({part[:20]}...); "
+                f"a file system allows {NAME_MAX}: give a shorter one"
+            )
+    return None
 
 
 class RunSection(Section):
     name: Optional[str] = Field(None, description="run directory name; default: derived from the overrides")
     output_dir: str = Field("runs", description="parent of <recipe>/<name>/")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="0 to 2**32-1 (what numpy.random.seed takes)")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True)")
     resume: str = Field("auto", description="auto | never | path to a checkpoint directory")
 
@@ -38,6 +112,11 @@ class RunSection(Section):
     def _check(self) -> RunSection:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"run.name={self.name!r} must be a plain directory name (no '/')")
+        problem = (self.name is not None and _path_problem("run.name", self.name, "exp1")) or _path_problem(
+            "run.output_dir", self.output_dir, "runs"
+        )
+        if problem:
+            raise ValueError(problem)
         if not self.resume:
             raise ValueError("run.resume must be auto, never or a checkpoint path")
         return self
@@ -62,7 +141,7 @@ class TrainSection(Section):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam, adamw: each in [0, 1)")
     weight_decay: float = Field(0.0, ge=0, description="not applied to biases and norm layers")
     backbone_lr_mult: float = Field(1.0, ge=0, description="lr multiplier for all but the recipe's head")
     # Schedulers step once per optimizer step (plateau: once per evaluation).
@@ -82,6 +161,13 @@ class TrainSection(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"train.betas={list(betas)}: each beta must be in [0, 1); e.g. train.betas=[0.9,0.999]")
+        return betas
+
     @model_validator(mode="after")
     def _check(self) -> TrainSection:
         if self.scheduler == "multistep" and not self.milestones:
@@ -96,10 +182,20 @@ class DataSection(Section):
 
     name: str = Field("", description="which data source the recipe loads")
     root: str = Field("data", description="where data lives / is downloaded to")
-    num_workers: int = Field(0, ge=0)
+    # at most 64 per process: enough to feed any GPU; static, because a config must mean the same on
+    # every machine that validates it (the login node, then each worker on its compute node)
+    num_workers: int = Field(0, ge=0, le=64, description="loader processes per training process (0: in the process)")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out share when the source has no split")
     pin_memory: Optional[bool] = Field(None, description="default: on for CUDA")
     download: bool = Field(True, description="let torchvision/torchaudio download missing data")
+
+    @model_validator(mode="after")
+    def _check_root(self) -> DataSection:
+        if _has_control(self.root):
+            raise ValueError(
+                f"data.root={self.root!r} holds a control character (newline, tab, ...); give a plain path"
+            )
+        return self
 
 
 class ModelSection(Section):
@@ -133,7 +229,7 @@ class WandbSection(Section):
     mode: Literal["auto", "online", "offline"] = Field(
         "auto", description="auto: online when an API key and the server are reachable, else offline (WANDB_MODE wins)"
     )
-    init_timeout: float = Field(30.0, gt=0, description="seconds wandb may take to start an online run")
+    init_timeout: float = Field(30.0, gt=0, le=3600, description="seconds wandb may take to start an online run")
 
 
 class TensorBoardSection(Section):
@@ -168,16 +264,22 @@ class LogSection(Section):
                 raise ValueError(f"unknown log backend {b!r}; {hint}known: {', '.join(LOG_BACKENDS)}")
         if self.dir is not None and not self.dir.strip():
             raise ValueError("log.dir must be a directory path (or null for the run directory)")
+        problem = self.dir is not None and _path_problem("log.dir", self.dir, "logs")
+        if problem:
+            raise ValueError(problem)
         return self
 
 
 class DistSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    procs: int = Field(1, ge=1, description="processes per node")
-    nodes: int = Field(1, ge=1)
+    procs: int = Field(1, ge=1, le=1024, description="processes per node")
+    nodes: int = Field(1, ge=1, le=65536)
     strategy: Literal["auto", "single", "dp", "ddp", "accelerate", "deepspeed"] = "auto"
     timeout_s: int = Field(
-        300, ge=5, description="seconds to wait for the other processes at start-up (rendezvous) and in collectives"
+        300,
+        ge=5,
+        le=7 * 24 * 3600,
+        description="seconds (at most a week) to wait for the other processes at start-up (rendezvous) and in collectives",
     )
 
 
@@ -220,7 +322,7 @@ class SlurmSection(Section):
     setup: list[str] = Field(default_factory=list, description="shell lines run before training (module load ...)")
     extra: list[str] = Field(default_factory=list, description="raw sbatch flags, e.g. --reservation=big")
     signal: str = Field("USR2", description="warning signal before the time limit (checkpoint + requeue)")
-    signal_lead_s: int = Field(120, ge=1, description="seconds before the time limit the signal is sent")
+    signal_lead_s: int = Field(120, ge=1, le=65535, description="seconds before the time limit the signal is sent")
     max_requeues: int = Field(3, ge=0, description="times the job requeues itself after a preemption")
     python: Optional[str] = Field(None, description="interpreter on the nodes; default: the one that submitted")
 
@@ -340,30 +442,77 @@ def _field_annotation(cls: type[BaseModel], key: str) -> Any:
     return node
 
 
+def _is_section(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _example(cls: type[BaseModel], key: str, ann: Any) -> str:
+    """``key=VALUE`` with the schema default as the value, for "give one, e.g. ..." hints."""
+    if _is_section(ann):  # its first key with a plain default
+        fields = list(ann.model_fields.items())
+        name, field = next(
+            ((n, f) for n, f in fields if isinstance(f.default, (int, float, str)) and f.default != ""), fields[0]
+        )
+        return _example(cls, f"{key}.{field.alias or name}", field.annotation)
+    node: Any = cls
+    default: Any = None
+    for part in key.split("."):
+        fields = getattr(node, "model_fields", None) or {}
+        field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            break
+        node, default = field.annotation, field.default
+    if isinstance(default, bool):
+        return f"{key}={str(default).lower()}"
+    if isinstance(default, (int, float, str)) and default != "":
+        return f"{key}={default}"
+    if isinstance(default, (list, tuple)) and default:
+        return f"{key}={json.dumps(list(default), separators=(',', ':'))}"
+    return f"{key}=null" if default is None else f"{key}=..."
+
+
 def parse_value(cls: type[BaseModel], key: str, raw: str) -> Any:
     """Parse a command-line value for ``key``: strings stay verbatim for string keys (so
     ``run.name=007`` stays "007"); everything else is read as YAML (3, 0.1, 1e-3, true, [1,2], null)."""
     ann = _field_annotation(cls, key)
     if ann is str or ann == Optional[str]:
         return None if (ann is not str and raw in ("null", "~", "None")) else raw
+    if not raw.strip():
+        if ann is None:
+            return ""  # an unknown key: validation names it (with a did-you-mean)
+        raise ConfigError(f"{key}= has no value; give one, e.g. {_example(cls, key, ann)}")
     if _FLOAT.fullmatch(raw.strip()) and any(c in raw for c in ".eE"):
         return float(raw)
     try:
-        return yamlio.load(raw) if raw.strip() else ""
+        return yamlio.load(raw)
+    except yamlio.RefusedYAML as e:
+        raise ConfigError(f"{key}={raw} {e.problem}; {e.fix}") from None
     except yamlio.YAMLError:
         return raw
 
 
-def set_dotted(tree: dict, key: str, value: Any) -> None:
+def set_dotted(tree: dict, key: str, value: Any, merge: bool = False) -> None:
+    """Set ``tree[a][b]... = value`` for ``key`` "a.b..."; ``merge``: a mapping value is merged into
+    the mapping already there (as a config file layer is), instead of replacing it."""
     parts = key.split(".")
     node = tree
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            above = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"cannot set {key}: {above} was set to {json.dumps(child, default=str)}, which is not a section; "
+                f"drop {above}={json.dumps(child, default=str)}"
+            )
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = deep_merge(node[last], value)
+    else:
+        node[last] = value
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -378,19 +527,88 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; a bigger one is the wrong file (a checkpoint, a log)
+
+
 def load_yaml_file(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {path} not found; pass config=PATH to an existing YAML file")
+    """One ``config=FILE`` layer: a mapping of sections, each a mapping (or empty: ``train:`` with
+    its keys commented out). An empty file, a key given twice, a section that is not a mapping, a
+    file that is not UTF-8 text: each is one ConfigError line naming the file."""
     try:
-        data = yamlio.load(p.read_text()) or {}
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass config=PATH to an existing YAML file") from None
+    except OSError as e:
+        raise ConfigError(
+            f"config file {path} cannot be read ({e.strerror}); check the path and its permissions"
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"config file {path} is a directory; pass config=PATH to a YAML file in it")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config file {path} is not a regular file; pass config=PATH to a YAML file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is {st.st_size} bytes (a config is a few KB, at most {MAX_CONFIG_BYTES}); "
+            "is it the right file?"
+        )
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 YAML"
+        ) from None
+    try:
+        data = yamlio.load(text)
+    except yamlio.RefusedYAML as e:
+        raise ConfigError(f"config file {path} {e.problem}{e.where}; {e.fix}") from None
     except yamlio.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
+        if getattr(e, "character", None) is not None:  # a ReaderError: a byte YAML text cannot hold
+            where = f" (character #x{ord(e.character) if isinstance(e.character, str) else e.character:x} at offset {e.position})"
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix the file") from None
+    if data is None:
+        raise ConfigError(
+            f"config file {path} is empty (or only comments); put sections in it (train:, run:, ...) "
+            f"or leave out config={path}"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections (run:, train:, ...)")
+    recipe = data.get("recipe")
+    if recipe is None:
+        data.pop("recipe", None)
+    elif not isinstance(recipe, str) or not recipe.strip():
+        raise ConfigError(
+            f"config file {path}: recipe: {json.dumps(recipe, default=str)} is not a recipe; "
+            "give a name or path, e.g. recipe: resnet_finetune"
+        )
+    _check_sections(data, Config, path, "")
     return data
+
+
+def _check_sections(tree: dict, cls: type[BaseModel], path: str, prefix: str) -> None:
+    """Every section of a file layer is a mapping; an empty one (``train:`` alone) sets nothing."""
+    for key in list(tree):
+        field = cls.model_fields.get(key) if isinstance(key, str) else None
+        if field is None or not _is_section(field.annotation):
+            continue  # a key, or an unknown one (validation names it)
+        value = tree[key]
+        if value is None:
+            del tree[key]
+        elif isinstance(value, dict):
+            _check_sections(value, field.annotation, path, f"{prefix}{key}.")
+        else:
+            shown = json.dumps(value, default=str)[:40]
+            first = next(iter(field.annotation.model_fields), "key")
+            raise ConfigError(
+                f"config file {path}: {prefix}{key} is a section, not {shown}; "
+                f"put its keys under it, indented (`{key}:` and below it `  {first}: ...`)"
+            )
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -432,18 +650,73 @@ def _format_error(err: dict, cls: type[BaseModel], tree: dict) -> str:
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
     value = err.get("input")
-    shown = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None), list)) else repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = str(value)  # inf, -inf, nan (as YAML and the user write them, not JSON's Infinity)
+    elif isinstance(value, (int, float, str, bool, type(None), list)):
+        shown = json.dumps(value, default=str)
+    else:
+        shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:50] + "..." + shown[-5:]
+    if err["type"] in ("model_type", "model_attributes_type"):
+        ann = _field_annotation(cls, loc)
+        if _is_section(ann):
+            return f"bad value {loc}={shown}: {loc} is a section; set its keys, e.g. {_example(cls, loc, ann)}"
+    if err["type"] == "finite_number":
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))  # train.betas, not train.betas.0
+        return f"bad value {loc}={shown}: {err['msg']}; e.g. {_example(cls, key, _field_annotation(cls, key))}"
     return f"bad value {loc}={shown}: {err['msg']}"
 
 
+def _field(cls: type[BaseModel], key: Any) -> Any:
+    fields = cls.model_fields
+    return fields.get(key) or next((f for f in fields.values() if f.alias == key), None)
+
+
+def _bool_for_a_number(cls: type[BaseModel], tree: dict, prefix: str = "") -> tuple[str, Any] | None:
+    """(key, value) of the first boolean given for a number-only key of ``tree`` (pydantic reads it as 0/1)."""
+    for key, value in tree.items():
+        field = _field(cls, key)
+        if field is None:
+            continue
+        if _is_section(field.annotation):
+            if isinstance(value, dict) and (found := _bool_for_a_number(field.annotation, value, f"{prefix}{key}.")):
+                return found
+        elif _has_bool_for_number(value) and _numbers_in(field.annotation) == (True, False):
+            return f"{prefix}{key}", value
+    return None
+
+
+def _huge_int_in(model: BaseModel, prefix: str = "") -> tuple[str, Any] | None:
+    """(key, value) of the first integer of the validated config beyond 64 bits."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = f"{prefix}{field.alias or name}"
+        if isinstance(value, BaseModel):
+            if found := _huge_int_in(value, key + "."):
+                return found
+        elif _huge_int(value):
+            return key, value
+    return None
+
+
 def validate(cls: type[Config], tree: dict) -> Config:
+    def refuse(key: str, value: Any, msg: str) -> ConfigError:
+        err = {"type": "refused", "loc": tuple(key.split(".")), "msg": msg, "input": value}
+        return ConfigError(_format_error(err, cls, tree) + f"; e.g. {_example(cls, key, _field_annotation(cls, key))}")
+
+    if found := _bool_for_a_number(cls, tree):
+        raise refuse(*found, "Input should be a number, not true/false")
     try:
-        return cls.model_validate(tree)
+        cfg = cls.model_validate(tree)
     except ValidationError as e:
         errors = e.errors()
         first = _format_error(errors[0], cls, tree)
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
+    if found := _huge_int_in(cfg):
+        raise refuse(*found, "Input should be an integer of at most 2**63-1 in size")
+    return cfg
 
 
 def resolve(recipe_cls: type, file_layers: list[dict], overrides: list[tuple[str, str]]) -> Config:
@@ -457,7 +730,9 @@ def resolve(recipe_cls: type, file_layers: list[dict], overrides: list[tuple[str
     for layer in file_layers:
         tree = deep_merge(tree, layer)
     for key, raw in overrides:
-        set_dotted(tree, key, parse_value(cls, key, raw))
+        value = parse_value(cls, key, raw)
+        # `train={lr: 0.01}` sets train.lr, as a config file would: the rest of train stays
+        set_dotted(tree, key, value, merge=_is_section(_field_annotation(cls, key)))
     cfg = validate(cls, tree)
     check = getattr(recipe_cls, "check", None)
     if check is not None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.errors import ConfigError
+from launcher.errors import EXIT_BAD_INPUT, ConfigError
 from recipes import BUILTIN
 
 if TYPE_CHECKING:
@@ -51,8 +51,60 @@ def _import_file(path: str):
     sys.modules[mod_name] = module
     # Let the recipe import its neighbours (helpers next to the file).
     sys.path.insert(0, str(p.resolve().parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        sys.modules.pop(mod_name, None)  # a fixed file is imported afresh by the next load
+        raise ConfigError(_import_problem(f"recipe file {path}", str(p.resolve()), e)) from None
     return module
+
+
+def _import_module(name: str):
+    """``importlib.import_module`` for ``recipe=pkg.module:Class``: a module that is not there
+    keeps the install hint; one that fails while it is imported is named with its problem."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ConfigError(
+                f"cannot import recipe module {name!r} ({e}); install it or add its folder to PYTHONPATH"
+            ) from None
+        problem = e  # the module is there, but something it imports is not
+    except (Exception, SystemExit) as e:
+        problem = e
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        sys.modules.pop(mod, None)
+    spec = None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        pass
+    origin = spec.origin if spec is not None and spec.origin else ""
+    shown = f"recipe module {name}" + (f" ({origin})" if origin else "")
+    raise ConfigError(_import_problem(shown, origin, problem)) from None
+
+
+def _import_problem(what: str, origin: str, e: BaseException) -> str:
+    """One line for an exception raised while a recipe's module was imported: the file and line
+    of a syntax error; otherwise the exception, where the recipe's own code raised it."""
+    if isinstance(e, SystemExit):
+        return (
+            f"{what} called sys.exit() while being imported; remove that call from the module's top level "
+            '(or put it under `if __name__ == "__main__":`)'
+        )
+    if isinstance(e, SyntaxError):  # (also a neighbour module the recipe imports)
+        where = f"{e.filename or origin}:{e.lineno}" if e.lineno else (e.filename or origin)
+        return f"cannot import {what}: syntax error at {where}: {e.msg}; fix the file"
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    own = [f for f in frames if origin and f.filename == origin]
+    line = f" at line {own[-1].lineno}" if own else ""
+    message = (str(e).strip().splitlines() or [""])[0]
+    shown = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    fix = "install what it imports, or fix the import" if isinstance(e, ImportError) else "fix the module"
+    return f"importing {what} failed{line}: {shown}; {fix}"
 
 
 def load_recipe(spec: str) -> type[Recipe]:
@@ -78,12 +130,7 @@ def load_recipe(spec: str) -> type[Recipe]:
         # sys.path, but users expect `recipe=my_pkg.module:Class` to find ./my_pkg.
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(module_part)
-        except ModuleNotFoundError as e:
-            raise ConfigError(
-                f"cannot import recipe module {module_part!r} ({e}); install it or add its folder to PYTHONPATH"
-            ) from None
+        module = _import_module(module_part)
     cls = getattr(module, cls_name, None)
     if cls is None:
         import inspect
@@ -151,11 +198,87 @@ def check_contract(cls: object, spec: str) -> None:
         raise ConfigError(
             f"recipe {spec!r}: head must be a list of parameter-name prefixes such as ['fc.'] (got {head!r})"
         )
+    _check_metric_names(cls, spec)
     if not issubclass(cls, Recipe):
-        # Duck-typed recipes get the base class's defaults (metrics, check, sections).
-        for attr in ("Model", "Data", "defaults", "head", "description", "name", "check", "metrics"):
+        # Duck-typed recipes get the base class's defaults (metrics, check, sections); as found
+        # in its __dict__, so that the classmethod `check` binds to the recipe, not to Recipe.
+        for attr in ("Model", "Data", "defaults", "head", "description", "name", "check", "metrics", "metric_names"):
             if not hasattr(cls, attr):
-                setattr(cls, attr, getattr(Recipe, attr))
+                setattr(cls, attr, Recipe.__dict__[attr])
+
+
+def _check_metric_names(cls: type, spec: str) -> None:
+    names = getattr(cls, "metric_names", None)
+    if names is None:
+        return
+    ok = isinstance(names, (tuple, list)) and all(isinstance(n, str) and n for n in names)
+    bad = [n for n in names if not _metric_name_ok(n)] if ok else []
+    if not ok or bad or not names:
+        shown = f"{bad[0]!r} in it" if bad else repr(names)
+        raise ConfigError(
+            f"recipe {spec!r}: metric_names must be a tuple of the names metrics() returns, such as "
+            f"('loss', 'acc'), or 'val/<name>' for one only evaluation reports (got {shown})"
+        )
+
+
+def _metric_name_ok(name: str) -> bool:
+    split, _, rest = name.rpartition("/")
+    return bool(rest) and split in ("", "train", "val") and not name.startswith("/")
+
+
+# What the loop logs besides the recipe's metrics (launcher/runtime/loop.py): not monitorable.
+LOOP_LOGGED = ("lr", "grad_norm", "samples_per_sec", "epoch", "step")
+LOOP_LOGGED_PREFIXES = ("time/", "memory/")
+
+
+def reported_metrics(cls: object) -> set[str] | None:
+    """``train/<name>`` and ``val/<name>`` for each of the recipe's ``metric_names`` (a name
+    given with its split stays as it is); None when the recipe does not declare them."""
+    names = getattr(cls, "metric_names", None)
+    if names is None:
+        return None
+    out: set[str] = set()
+    for name in names:
+        out.update([name] if "/" in name else [f"train/{name}", f"val/{name}"])
+    return out
+
+
+def monitored(cfg) -> list[tuple[str, str]]:
+    """(config key, metric name) of each monitor the loop will look up (launcher/runtime/loop.py:
+    Trainer._track): early stopping's, and the checkpoint's when keep_best or the plateau
+    scheduler uses it."""
+    es, c = cfg.train.early_stopping, cfg.checkpoint
+    out = []
+    if c.keep_best or (cfg.train.scheduler == "plateau" and not es.monitor):
+        out.append(("checkpoint.monitor", c.monitor))
+    if es.monitor:
+        out.append(("train.early_stopping.monitor", es.monitor))
+    return out
+
+
+def unknown_metric_message(key: str, name: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    loop = name in LOOP_LOGGED or name.startswith(LOOP_LOGGED_PREFIXES)
+    logged = f" ({name} is logged by the loop, but only the recipe's metrics can be monitored)" if loop else ""
+    return f"{key}={name} is not a metric this recipe reports{logged}; {hint}it reports: {', '.join(available)}"
+
+
+def check_monitors(cls: object, cfg) -> None:
+    """Refuse a monitor that names no metric the recipe declares (no torch: the parent's check)."""
+    names = reported_metrics(cls)
+    if names is None:
+        return
+    for key, name in monitored(cfg):
+        if name not in names:
+            raise ConfigError(unknown_metric_message(key, name, sorted(names)))
+
+
+class UnknownMetric(ConfigError):
+    """A monitor that names no metric, found at the first evaluation (a recipe that declares no
+    ``metric_names``): bad input (exit 2), but the run directory and its checkpoints stay."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def _binds(func: object, n: int, with_self: bool = False) -> bool:

@@ -36,8 +36,9 @@ class Run:
             v = e.get(key)
             if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
                 v = float(v)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and "step" in e:
-                xs.append(int(e["step"]))
+            step = e.get("step")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(step, int):
+                xs.append(step)
                 ys.append(float(v))
         return xs, ys
 
@@ -88,7 +89,24 @@ def load_run(path: Path) -> Run:
         monitor = (cfg.get("checkpoint") or {}).get("monitor")
     except (OSError, ValueError, AttributeError):
         pass
-    return Run(path, path.name, _status(rd, summary), read_events(rd.metrics), summary or {}, monitor)
+    events = read_events(rd.metrics)
+    _warn_damage(rd, summary, len(events))
+    return Run(path, path.name, _status(rd, summary), events, summary or {}, monitor)
+
+
+def _warn_damage(rd: RunDir, summary: dict | None, n_events: int) -> None:
+    """One warning line per damaged file; the report shows what is still readable."""
+    if summary is None and rd.summary.exists():
+        click.echo(f"warning: {rd.summary} is damaged (not a JSON object); the status shown is a guess", err=True)
+    try:
+        data = rd.metrics.read_bytes()
+    except OSError:
+        return
+    bad = sum(1 for line in data.split(b"\n") if line.strip()) - n_events
+    if data and not data.endswith(b"\n"):
+        bad -= 1  # the half-written last line of a run that is writing it
+    if bad > 0:
+        click.echo(f"warning: {rd.metrics}: {bad} damaged line(s) skipped", err=True)
 
 
 def _labels(runs: list[Run]) -> None:

@@ -29,10 +29,12 @@ from typing import Any
 from launcher import yamlio
 from launcher.config import (
     OPERATIONAL_KEYS,
+    SECRET_KEY,
     Config,
     _is_under,
     config_hash,
     diff_configs,
+    flatten,
     split_diff,
     to_plain,
     to_yaml,
@@ -49,6 +51,9 @@ WANDB_ID_FILE = "wandb_id"
 REPORT_DIR = "report"
 EXIT_CODE_FILE = ".exit_code"  # bad input found by a worker, for `launch` behind a multi-process launcher
 CHECKPOINT_PREFIX = "step-"
+# Schedulers whose shape is planned from the run's total optimizer steps: such a run keeps its
+# length (train.epochs / train.max_steps cannot change once it has checkpoints).
+LENGTH_DEPENDENT_SCHEDULERS = ("cosine", "onecycle", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,19 @@ class RunDir:
         return [p for _, p in sorted(found, reverse=True)]
 
     def read_summary(self) -> dict[str, Any] | None:
+        """summary.json, or None when it is missing or damaged (not a JSON object)."""
         try:
-            return json.loads(self.summary.read_text())
-        except (OSError, ValueError):
+            summary = json.loads(self.summary.read_text())
+        except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
             return None
+        return summary if isinstance(summary, dict) else None
 
 
 def _slug(overrides: list[tuple[str, str]]) -> str:
     parts = []
     for key, raw in overrides:
-        if key in ("recipe", "config") or _is_under(key, OPERATIONAL_KEYS):
-            continue
+        if key in ("recipe", "config") or _is_under(key, OPERATIONAL_KEYS) or SECRET_KEY.search(key):
+            continue  # (a credential's value never enters a name: directories, wandb, Slurm's JobName)
         leaf = key.rsplit(".", 1)[-1]
         parts.append(f"{leaf}-{raw}")
     slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(parts)).strip("_.")
@@ -113,10 +120,37 @@ def default_run_name(cfg: Config, overrides: list[tuple[str, str]]) -> str:
     return f"{_slug(overrides)}-{config_hash(cfg)}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:  # (reading it does not change it, unlike os.umask)
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(private: bool = False) -> int:
+    """The mode of every file in a run directory: what the user's umask gives a new file (0644
+    under umask 022), like any file they create; ``private`` (0600) for the files that hold the
+    config verbatim when it holds a credential (:func:`holds_secrets`)."""
+    return 0o600 if private else 0o666 & ~_umask()
+
+
+def holds_secrets(tree: dict) -> bool:
+    """Does the config (plain tree) set a key that looks like a credential to a non-empty value?"""
+    return any(SECRET_KEY.search(k) and v not in (None, "", [], {}) for k, v in flatten(tree).items())
+
+
+def write_atomic(path: Path, text: str, private: bool = False) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file).
+    The file gets :func:`file_mode` (a temporary file alone would be 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode(private))
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -174,7 +208,8 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
         raise ConfigError(
             f"cannot write to {writable_base} (needed for {path}); pass run.output_dir=<a writable directory>"
         )
-    if not path.exists() or not any(path.iterdir()):
+    # (only the lock launcher/runlock.py takes in it, which starts with .lock: still a new run)
+    if not path.exists() or all(p.name.startswith(".lock") for p in path.iterdir()):
         return Prepared(rd, "new", {}, 0)
     if not rd.config.is_file():
         raise ConfigError(
@@ -201,10 +236,75 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
             "or pass another run.name=... for a new run"
         )
     summary = rd.read_summary() or {}
+    if n_ckpt or summary.get("status") == "completed":
+        _check_schedule_length(cfg, rd, safe)
     extends = any(k in safe for k in ("train.epochs", "train.max_steps"))
     if summary.get("status") == "completed" and not extends:
         return Prepared(rd, "completed", safe, n_ckpt)
     return Prepared(rd, "resume", safe, n_ckpt)
+
+
+def _check_schedule_length(cfg: Config, rd: RunDir, safe: dict[str, tuple[Any, Any]]) -> None:
+    """A run with a length-dependent schedule keeps its length: refuse new train.epochs /
+    train.max_steps that change its total steps (the worker checks again, exactly, against the
+    checkpoint's schedule: the total also depends on the process count)."""
+    t = cfg.train
+    changed = {k: safe[k] for k in ("train.epochs", "train.max_steps") if k in safe}
+    if not changed or t.scheduler not in LENGTH_DEPENDENT_SCHEDULERS:
+        return
+    ckpts = rd.complete_checkpoints()
+    meta: dict[str, Any] = {}
+    if ckpts:
+        try:
+            meta = json.loads((ckpts[0] / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+    planned, per_epoch = meta.get("total_steps"), meta.get("steps_per_epoch")
+    if isinstance(planned, int) and isinstance(per_epoch, int):
+        now = per_epoch * t.epochs if not t.max_steps else min(per_epoch * t.epochs, t.max_steps)
+        if now == planned:
+            return  # e.g. a train.max_steps beyond the epochs' steps: the same run
+        longer = now > planned
+    else:  # (no step counts in the checkpoint: judged by the keys)
+        old_epochs, new_epochs = changed.get("train.epochs", (t.epochs, t.epochs))
+        old_max, new_max = changed.get("train.max_steps", (t.max_steps, t.max_steps))
+        longer = new_epochs > old_epochs or (old_max is not None and (new_max is None or new_max > old_max))
+
+    def plain(v: Any) -> str:
+        return "null" if v is None else str(v)
+
+    was = []
+    if "train.epochs" in changed:
+        was.append(f"{changed['train.epochs'][0]} epoch(s)")
+    if "train.max_steps" in changed:
+        was.append(f"train.max_steps={plain(changed['train.max_steps'][0])}")
+    steps = f" ({planned} optimizer steps)" if isinstance(planned, int) else ""
+    new = " ".join(f"{k}={plain(b)}" for k, (_, b) in changed.items())
+    keep = " ".join(f"{k}={plain(a)}" for k, (a, _) in changed.items())
+    raise ConfigError(
+        f"{rd.path} was planned as {' and '.join(was)}{steps} with train.scheduler={t.scheduler}, whose shape "
+        f"depends on the run's length; to train {'longer' if longer else 'for fewer steps'}, start a new run "
+        f"from its weights: run.name={rd.path.name}-2 model.init_from={rd.path} {new} (or keep {keep})"
+    )
+
+
+def check_paths(cfg: Config) -> None:
+    """Paths the worker would only find missing after starting: checked here, one line each."""
+    resume = cfg.run.resume
+    if resume not in ("auto", "never"):
+        p = Path(resume)
+        if not p.exists():
+            raise ConfigError(
+                f"run.resume={resume} not found; pass a checkpoints/step-N directory (or run.resume=auto)"
+            )
+        if not (p / COMPLETE_MARKER).is_file():
+            raise ConfigError(
+                f"run.resume={resume} is not a complete, readable checkpoint (no {COMPLETE_MARKER} marker); "
+                "pass a checkpoints/step-N directory that has one"
+            )
+    init = getattr(cfg.model, "init_from", None)
+    if init and not Path(init).exists():
+        raise ConfigError(f"model.init_from={init} not found; point it at a run directory, checkpoint or weights file")
 
 
 def global_batch_line(cfg: Config, processes: int) -> str:
@@ -221,7 +321,7 @@ def write_config(prepared: Prepared, cfg: Config, processes: int = 1) -> None:
     header = f"# written by `launch`; read by every worker\n# {global_batch_line(cfg, processes)}\n"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        write_atomic(prepared.run_dir.config, header + to_yaml(cfg))
+        write_atomic(prepared.run_dir.config, header + to_yaml(cfg), private=holds_secrets(to_plain(cfg)))
     except OSError as e:
         raise ConfigError(
             f"cannot write the run directory {path}: {e.strerror}; pass run.output_dir=<a writable directory>"

@@ -64,9 +64,31 @@ def master_port(job_id: int, restarts: int = 0) -> int:
     return PORT_BASE + (job_id * PORT_MULT + restarts * 7919) % PORT_SPAN
 
 
+def _job_name_chars(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def _secret_values(cfg: Config) -> list[str]:
+    """The values of the keys that look like credentials (``SECRET_KEY``), as they are and as they
+    would look in a name."""
+    from launcher.config import SECRET_KEY, flatten, to_plain
+
+    found = set()
+    for key, value in flatten(to_plain(cfg)).items():
+        if SECRET_KEY.search(key) and isinstance(value, (str, int, float)) and len(str(value)) >= 3:
+            found |= {str(value), _job_name_chars(str(value))}
+    return sorted(found, key=len, reverse=True)
+
+
 def job_name(cfg: Config) -> str:
-    name = cfg.slurm.job_name or f"{cfg.recipe.split(':')[-1].split('/')[-1]}-{cfg.run.name or 'run'}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)[:100]
+    """``--job-name``: slurm.job_name, or recipe-run.name; a credential's value never appears in the
+    default (``squeue`` shows the job name to every user of the cluster)."""
+    if cfg.slurm.job_name:
+        return _job_name_chars(cfg.slurm.job_name)[:100]
+    name = _job_name_chars(f"{cfg.recipe.split(':')[-1].split('/')[-1]}-{cfg.run.name or 'run'}")
+    for secret in _secret_values(cfg):
+        name = name.replace(secret, "redacted")
+    return name[:100]
 
 
 def _signal_name(sig: str) -> str:
@@ -198,15 +220,49 @@ def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: 
 # ---------------------------------------------------------------- job records
 
 
+# a Slurm job id as sbatch prints it (an array or heterogeneous job: 123_4, 123+0); anything else in
+# slurm_jobs.json would reach scontrol and scancel as an argument (e.g. --user=me: every job of yours)
+_JOB_ID = re.compile(r"[0-9]+(?:[_+][0-9]+)?")
+
+
+class DamagedJobsFile(LaunchError):
+    """``slurm_jobs.json`` exists but is not the list of jobs ``launch`` writes."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is damaged ({why})")
+        self.path, self.why = path, why
+
+
 def read_jobs(run_dir: Path) -> list[dict]:
+    """The jobs submitted for a run, oldest first (``[]``: none); :class:`DamagedJobsFile` when the
+    file is there but unreadable, empty, not JSON, or not a list of ``{"job_id": ...}``."""
+    path = run_dir / JOBS_FILE
     try:
-        return json.loads((run_dir / JOBS_FILE).read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return []
+    except (OSError, ValueError) as e:  # (UnicodeDecodeError is a ValueError)
+        raise DamagedJobsFile(path, getattr(e, "strerror", None) or "not text") from None
+    if not text.strip():
+        raise DamagedJobsFile(path, "empty")
+    try:
+        jobs = json.loads(text)
+    except ValueError:
+        raise DamagedJobsFile(path, "not JSON") from None
+    if not isinstance(jobs, list) or not all(
+        isinstance(j, dict) and isinstance(j.get("job_id"), (str, int)) and _JOB_ID.fullmatch(str(j["job_id"]))
+        for j in jobs
+    ):
+        raise DamagedJobsFile(path, 'not a JSON list of {"job_id": ...} records')
+    return [{**j, "job_id": str(j["job_id"])} for j in jobs]
 
 
 def record_job(run_dir: Path, job_id: str) -> None:
-    jobs = read_jobs(run_dir) + [{"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    try:
+        jobs = read_jobs(run_dir)
+    except DamagedJobsFile:
+        jobs = []  # (checked before submitting; the job just submitted must be recorded in any case)
+    jobs.append({"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     write_atomic(run_dir / JOBS_FILE, json.dumps(jobs, indent=1) + "\n")
 
 
@@ -298,9 +354,167 @@ def submit(script: Path) -> str:
     except subprocess.TimeoutExpired:
         raise LaunchError("sbatch did not answer within 120 s; is the Slurm controller reachable?") from None
     if r.returncode != 0:
-        msg = " ".join(line.strip() for line in r.stderr.splitlines() if line.strip()) or f"exit {r.returncode}"
-        raise LaunchError(f"Slurm refused the job: {msg}")
+        raise LaunchError(_refusal(_said(r.stderr, f"sbatch exited with {r.returncode}")))
     return r.stdout.strip().split(";")[0]
+
+
+def check_python(python: str) -> None:
+    """``slurm.python`` given as a path must be an executable file here: the nodes normally see the
+    submitting machine's filesystem (the script's paths are absolute too). A bare name (``python``)
+    is looked up on the nodes' PATH after ``slurm.setup`` and is not checked."""
+    if "/" not in python:
+        return
+    fix = "point slurm.python at the interpreter the nodes run (e.g. /path/to/venv/bin/python), or leave it unset"
+    path = Path(python)
+    if not path.exists():
+        raise LaunchError(f"slurm.python={python} does not exist here (the nodes see this filesystem); {fix}")
+    if path.is_dir() or not os.access(path, os.X_OK):
+        what = "a directory" if path.is_dir() else "not executable"
+        raise LaunchError(f"slurm.python={python} is {what}; {fix}")
+
+
+def _slurm_words(stderr: str) -> list[str]:
+    """sbatch's error lines without their prefixes, each said once."""
+    words: list[str] = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        for prefix in ("sbatch: error: ", "allocation failure: ", "Batch job submission failed: "):
+            if line.startswith(prefix):
+                line = line[len(prefix) :]
+        if line and line.lower() not in (w.lower() for w in words):
+            words.append(line)
+    return words
+
+
+def _said(stderr: str, otherwise: str) -> str:
+    """What sbatch said, on one line: its ``sbatch: error:`` lines if any, else every line."""
+    errors = [ln for ln in stderr.splitlines() if ln.strip().startswith("sbatch: error: ")]
+    return "; ".join(_slurm_words("\n".join(errors or stderr.splitlines()))) or otherwise
+
+
+def _refusal(said: str) -> str:
+    fix = next((f for key, f in _REFUSAL_FIXES if key in said.lower()), None)
+    fix = fix or "check the slurm.* settings (`launch ... --slurm --dry-run` prints the batch script)"
+    return f"Slurm refused the job: {said}; {fix}"
+
+
+# What to change for Slurm's refusals, by a word of Slurm's message (the first that matches).
+_REFUSAL_FIXES = (
+    ("account", "check slurm.account (`sacctmgr show assoc user=$USER`)"),
+    ("association", "check slurm.account and slurm.qos (`sacctmgr show assoc user=$USER`)"),
+    ("qos", "check slurm.qos (`sacctmgr show assoc user=$USER`)"),
+    ("partition", "pick one that `sinfo -s` lists (slurm.partition=NAME)"),
+    ("generic resource", "the partition has no such GPUs: check --gpus and slurm.partition (`sinfo -o '%P %G'`)"),
+    ("feature", "check slurm.constraint (`sinfo -o '%P %f'` lists the node features)"),
+    ("reservation", "check the --reservation in slurm.extra (`scontrol show reservation`)"),
+    ("time limit", "lower slurm.time (`sinfo -o '%P %l'` lists the limits)"),
+    ("memory", "lower slurm.mem (`sinfo -o '%P %m'` lists the memory per node in MB)"),
+)
+_NODE_CONFIG = "requested node configuration is not available"
+# sinfo states in which a node takes no new job now, but may again later
+_UNUSABLE = tuple("down drain fail maint reboot power unk inval future reserved".split())
+
+
+def _partitions() -> dict[str, dict]:
+    """``sinfo``: per partition, its nodes, the most CPUs and memory (MB) a node has, how many nodes
+    take no new jobs now (down, drained, ...), and which one is the default; {} if sinfo fails."""
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P|%D|%c|%m|%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    parts: dict[str, dict] = {}
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        fields = line.strip().split("|")
+        if len(fields) != 5:
+            continue
+        name, nodes, cpus, mem, state = fields
+        part = parts.setdefault(name.rstrip("*"), {"nodes": 0, "cpus": 0, "mem": 0, "unusable": 0})
+        part["default"] = part.get("default") or name.endswith("*")
+        count = int(nodes) if nodes.isdigit() else 0
+        part["nodes"] += count
+        part["cpus"] = max(part["cpus"], int(cpus.rstrip("+")) if cpus.rstrip("+").isdigit() else 0)
+        part["mem"] = max(part["mem"], int(mem.rstrip("+")) if mem.rstrip("+").isdigit() else 0)
+        if state.lower().startswith(_UNUSABLE) or state.endswith("*"):
+            part["unusable"] += count
+    return parts
+
+
+def _asked_partition(cfg: Config, parts: dict[str, dict]) -> str | None:
+    for flag in cfg.slurm.extra:
+        m = re.fullmatch(r"(?:--partition=|-p)(\S+)", flag)
+        if m:
+            return m.group(1)
+    if cfg.slurm.partition:
+        return cfg.slurm.partition
+    return next((name for name, part in parts.items() if part.get("default")), None)
+
+
+def _mem_mb(mem: str | None) -> float | None:
+    """slurm.mem (``64G``, ``4000``: Slurm's default unit is MB) in MB."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", (mem or "").upper())
+    return int(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)] if m else None
+
+
+def _mb(mb: int) -> str:
+    return f"{mb // 1024}G" if mb >= 1024 and mb % 1024 == 0 else f"{mb}M"
+
+
+def check_runnable(script: str, cfg: Config, plan: Plan) -> str | None:
+    """Ask Slurm whether it could ever run the job, before anything is written or submitted:
+    ``sbatch --test-only`` (the script on stdin; it submits nothing) checks the request against the
+    partitions. A job it refuses is refused here as one line (LaunchError), with what was asked and
+    what the partition has (``sinfo``, only then). Slurm's test counts only the nodes that take jobs
+    now: when the partition has nodes down or drained and the job fits its size, the job is
+    submitted anyway; the returned warning says so. None: Slurm can run it (perhaps later)."""
+    try:
+        r = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise LaunchError("sbatch --test-only did not answer within 60 s; is the Slurm controller reachable?") from None
+    except OSError as e:
+        raise LaunchError(f"cannot run sbatch: {e.strerror or e}; check your Slurm client installation") from None
+    if r.returncode == 0:
+        return None
+    said = _said(r.stderr, f"sbatch --test-only exited with {r.returncode}")
+    if _NODE_CONFIG not in r.stderr.lower():
+        raise LaunchError(_refusal(said))
+    parts = _partitions()
+    name = _asked_partition(cfg, parts)
+    part = parts.get(name or "")
+    cpt = cfg.slurm.cpus_per_task or 1
+    asked = f"{plan.nodes} node(s), each with {plan.procs_per_node * cpt} CPU(s)"
+    asked += f" ({plan.procs_per_node} task(s) x {cpt} CPU(s))" if cpt > 1 else ""
+    asked += f", {plan.procs_per_node} GPU(s)" if plan.device == "cuda" else ""
+    asked += f" and {cfg.slurm.mem} memory" if cfg.slurm.mem else ""
+    asked += f", plus slurm.extra {' '.join(cfg.slurm.extra)}" if cfg.slurm.extra else ""
+    fits = part is not None and (
+        plan.nodes <= part["nodes"]
+        and plan.procs_per_node * cpt <= (part["cpus"] or sys.maxsize)
+        and (_mem_mb(cfg.slurm.mem) or 0) <= (part["mem"] or sys.maxsize)
+    )  # (the partition's size, nodes that are down or drained included)
+    if part and part["unusable"] and fits:
+        down = f"{part['unusable']} of {part['nodes']} node(s) down, drained or reserved"
+        return (
+            f"Slurm cannot place this job on the nodes of partition {name} that take jobs now ({said}; {down}): "
+            f"submitted anyway, it waits until they are back (`sinfo -p {name}`; `launch cancel` if it should not wait)"
+        )
+    has = (
+        f"partition {name} has {part['nodes']} node(s) with up to {part['cpus']} CPU(s) and {_mb(part['mem'])} memory each"
+        if part
+        else "see `sinfo -o '%P %D %c %m'` for what the partitions have"
+    )
+    raise LaunchError(
+        f"Slurm can never run this job ({said}): it asks for {asked}; {has}; ask for less "
+        "(--nodes, --procs, slurm.cpus_per_task, slurm.mem) or pick another slurm.partition"
+    )
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def log_path(run_dir: Path, job_id: str) -> Path:
@@ -314,6 +528,7 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
 
     run_path = prepared.run_dir.path.absolute()
     python = cfg.slurm.python or sys.executable
+    check_python(python)
     script = render_sbatch(cfg, plan, run_path, python, Path.cwd())
     if dry_run:
         click.echo("# resolved config")
@@ -325,18 +540,32 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
         return EXIT_COMPLETED
     if prepared.state == "completed":
         click.echo(f"launch: {run_path} is already complete; nothing to submit.")
+        from launcher.cli import not_applied
+
+        not_applied(prepared.safe_changes, run_path)
         click.echo("        To train again, pass another run.name=... or remove that directory.")
         return EXIT_COMPLETED
-    active = active_job(run_path)
+    try:
+        active = active_job(run_path)
+    except DamagedJobsFile as e:
+        raise LaunchError(
+            f"{e}, so whether this run already has a job pending or running is unknown; check `squeue -u $USER`, "
+            f"then remove {e.path.name} and run the same command again"
+        ) from None
     if active is not None:
         job_id, info = active
         click.echo(f"launch: {run_path} already has Slurm job {job_id} ({info.get('JobState', '?').lower()}).")
         click.echo(f"        follow: launch status {run_path}   tail -f {log_path(run_path, job_id)}")
         return EXIT_COMPLETED
+    from launcher import runlock
+
+    runlock.check(run_path)  # a live local run owns it: one line, exit 2 (the job's rank 0 takes it)
     require_sbatch()
+    warning = check_runnable(script, cfg, plan)  # a job Slurm can never run: refused, nothing written
     fresh = prepared.state == "new"
-    write_config(prepared, cfg, plan.world_size)
+    created = _missing_dirs(run_path)  # removed again if sbatch refuses: nothing is left behind
     try:
+        write_config(prepared, cfg, plan.world_size)
         (run_path / "logs").mkdir(exist_ok=True)  # Slurm does not create the output file's directory
         write_atomic(run_path / SCRIPT_FILE, script)
         (run_path / CANCELLED_MARKER).unlink(missing_ok=True)
@@ -346,8 +575,15 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
     except LaunchError:
         if fresh:
             shutil.rmtree(run_path, ignore_errors=True)  # nothing of value in it yet
+            for path in created[1:]:  # runs/<recipe>/, runs/ ... if this command made them
+                try:
+                    path.rmdir()
+                except OSError:
+                    break  # not empty (or not ours any more)
         raise
     record_job(run_path, job_id)
+    if warning:
+        click.echo(f"launch: warning: {warning}", err=True)
     click.echo(f"launch: submitted Slurm job {job_id}: {global_batch_line(cfg, plan.world_size)}")
     click.echo(f"  run directory: {run_path}")
     click.echo(f"  log:           {log_path(run_path, job_id)}")
@@ -462,12 +698,23 @@ def summary_is_from(summary: dict | None, job_id: str, restart: int, mtime: floa
     return mtime is not None and mtime >= started - 1
 
 
-def _summary_and_mtime(rd: RunDir) -> tuple[dict | None, float | None]:
+def _summary_and_mtime(rd: RunDir, warn=None) -> tuple[dict | None, float | None]:
+    """summary.json and its mtime; a damaged one (not a JSON object) counts as none, and ``warn``
+    (if given) is told so in one line."""
     try:
         mtime = rd.summary.stat().st_mtime
     except OSError:
         return None, None
-    return rd.read_summary(), mtime
+    summary = rd.read_summary()
+    if not isinstance(summary, dict):
+        if warn is not None:
+            warn(f"{rd.summary} is damaged (not a JSON object); ignored")
+        return None, mtime
+    return summary, mtime
+
+
+def _warn(message: str) -> None:
+    print(f"launch: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _restarts(value) -> int:
@@ -490,17 +737,21 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
     rd = RunDir(run_dir)
     job_id = environ.get("SLURM_JOB_ID", "")
     restarts = _restarts(environ.get("SLURM_RESTART_COUNT"))
-    found, mtime = _summary_and_mtime(rd)
+    found, mtime = _summary_and_mtime(rd, _warn)
     summary = found if summary_is_from(found, job_id, restarts, mtime, started) else None
     try:
-        max_requeues = int((yamlio.load(rd.config.read_text()) or {}).get("slurm", {}).get("max_requeues", 3))
-    except (OSError, ValueError, yamlio.YAMLError):
+        tree = yamlio.load(rd.config.read_text())
+        max_requeues = int(tree["slurm"]["max_requeues"])
+    except (OSError, ValueError, TypeError, KeyError, yamlio.YAMLError):
+        _warn(f"no slurm.max_requeues in {rd.config} (missing or damaged); not requeued")
         max_requeues = 0
     stop_path = Path(environ.get("LAUNCHER_STOP_FILE") or stop_file(run_dir, job_id, restarts))
     try:
-        stop = stop_path.read_text().strip() or "USR2"
+        stop = stop_path.read_text(errors="replace").strip() or "USR2"
     except OSError:
         stop = None
+    if stop is not None and not re.fullmatch(r"[A-Z0-9]{1,8}", stop):
+        stop = "USR2"  # (the batch script writes a signal's name; anything else is not its)
     info = job_info(job_id) if job_id else None
     attempt = Attempt(
         summary=summary,
@@ -514,6 +765,17 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
         job_id=job_id,
     )
     d = decide_after(attempt)
+    from launcher import runlock
+
+    owner = runlock.live(run_dir, probe=True)
+    if owner is not None and (owner.holder is None or owner.holder.slurm_job != job_id):
+        # the worker found the run directory owned by another run (launcher/runlock.py): its files are that run's
+        d = Decision(
+            False,
+            f"attempt {restarts + 1} of job {job_id} did not run: {run_dir} is in use by {runlock.describe(owner.holder)};"
+            " summary.json left to it, not requeued",
+            EXIT_BAD_INPUT,
+        )
     if d.status is not None:
         # summary.json tells the truth about this attempt; the fields the workers wrote (or, if they
         # wrote none, the previous attempt's) are kept
@@ -531,9 +793,13 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
             old.unlink(missing_ok=True)
     print(f"launch: {d.message}", file=sys.stderr, flush=True)
     if d.requeue:
-        r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"launch: scontrol requeue {job_id} failed: {r.stderr.strip()}", file=sys.stderr, flush=True)
+        try:
+            r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+            failed = r.stderr.strip() if r.returncode != 0 else None
+        except (OSError, subprocess.TimeoutExpired) as e:
+            failed = str(e)
+        if failed is not None:
+            print(f"launch: scontrol requeue {job_id} failed: {failed}", file=sys.stderr, flush=True)
     return d.exit_code
 
 
@@ -549,19 +815,35 @@ def _run_dir_arg(path: str) -> Path:
     return p
 
 
-def _last_metrics(rd: RunDir) -> dict | None:
+def _last_metrics(rd: RunDir, warn) -> dict | None:
+    """The last event of metrics.jsonl that is a JSON object; damaged lines after it (garbage, a
+    line cut short by a kill) are skipped, and ``warn`` is told how many."""
+    tail = 65536
     try:
         with open(rd.metrics, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
+            start = max(0, f.tell() - tail)
+            f.seek(start)
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
+    if start and lines:
+        lines = lines[1:]  # (begins inside a line)
+    damaged = 0
     for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except ValueError:
+        if not line.strip():
             continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            if damaged:
+                warn(f"{rd.metrics}: skipped {damaged} damaged line(s) at its end")
+            return event
+        damaged += 1
+    if damaged:
+        warn(f"{rd.metrics}: no readable event in its last {damaged} line(s)")
     return None
 
 
@@ -606,24 +888,33 @@ def status_command(run_dir: str) -> int:
     """Show a run: its status, progress, newest checkpoint and, for Slurm runs, the job."""
     path = _run_dir_arg(run_dir)
     rd = RunDir(path)
-    found, mtime = _summary_and_mtime(rd)
+    found, mtime = _summary_and_mtime(rd, _warn)
     summary = found or {}
-    jobs = read_jobs(path)
+    try:
+        jobs = read_jobs(path)
+    except DamagedJobsFile as e:
+        _warn(f"{e}; its Slurm job is not shown (`squeue -u $USER` lists your jobs)")
+        jobs = []
     newest = jobs[-1]["job_id"] if jobs else None
     info = job_info(newest) if newest and shutil.which("scontrol") else None
     current = bool(info) and summary_is_from(found, newest, _restarts(info.get("Restarts")), mtime, _start_time(info))
     try:
-        cancelled = (path / CANCELLED_MARKER).read_text().strip() == newest
+        cancelled = (path / CANCELLED_MARKER).read_text(errors="replace").strip() == newest
     except OSError:
         cancelled = False
     click.echo(f"run:        {path}")
     click.echo(f"status:     {status_line(found, newest, info, current, cancelled)}")
-    last = _last_metrics(rd)
+    from launcher import runlock
+
+    owner = runlock.live(path)  # (read-only: no lock taken, nothing written)
+    if owner is not None:
+        click.echo(f"running:    {runlock.describe(owner.holder)}")
+    last = _last_metrics(rd, _warn)
     if last:
         click.echo(f"last log:   {_fmt(last)}")
     ckpts = rd.complete_checkpoints()
     click.echo(f"checkpoint: {ckpts[0] if ckpts else 'none yet'}")
-    if summary.get("final_metrics"):
+    if isinstance(summary.get("final_metrics"), dict) and summary["final_metrics"]:
         click.echo(f"final:      {_fmt(summary['final_metrics'])}")
     if jobs:
         job_id = jobs[-1]["job_id"]
@@ -646,7 +937,14 @@ def status_command(run_dir: str) -> int:
 def cancel_command(run_dir: str) -> int:
     """Cancel a run's Slurm job. It is not requeued; the same `launch` command resumes it later."""
     path = _run_dir_arg(run_dir)
-    if not read_jobs(path):
+    try:
+        jobs = read_jobs(path)
+    except DamagedJobsFile as e:
+        raise LaunchError(
+            f"{e}, so which Slurm job is this run's is unknown; find it with `squeue -u $USER` and cancel it "
+            "with `scancel JOBID`"
+        ) from None
+    if not jobs:
         raise LaunchError(f"{path} was not submitted to Slurm; stop a run on this machine with Ctrl-C")
     if shutil.which("scancel") is None:
         raise LaunchError("scancel is not on PATH here; run `launch cancel` on the cluster's login node")
@@ -665,10 +963,18 @@ def cancel_command(run_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 4 and argv[0] == "after":
-        return after(Path(argv[1]), float(argv[2]), int(argv[3]))
-    print("usage: python -m launcher.slurm after RUN_DIR STARTED RC", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    """``python -m launcher.slurm after RUN_DIR STARTED RC`` (the batch script's last line)."""
+    usage = "usage: python -m launcher.slurm after RUN_DIR STARTED RC"
+    if len(argv) != 4 or argv[0] != "after":
+        print(f"error: {usage}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        started, rc = float(argv[2]), int(argv[3])
+    except ValueError:
+        print(f"error: STARTED (seconds) and RC (an exit code) must be numbers, not {argv[2]!r} {argv[3]!r}; {usage}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
+    return after(Path(argv[1]), started, rc)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ class Recipe:
         defaults: nested dict of recipe defaults for any section, e.g. ``{"train": {"lr": 0.05}}``.
         head: parameter-name prefixes of the task head (``["fc."]``); the rest is the backbone,
             which ``train.backbone_lr_mult`` scales.
+        metric_names: the names :meth:`metrics` returns, e.g. ``("loss", "acc")``. The runtime
+            reports each as ``train/<name>`` and ``val/<name>``; a name written with its split
+            (``"val/wer"``) is one that split alone reports. Declared, a monitor
+            (``checkpoint.monitor`` with ``keep_best`` or the plateau scheduler,
+            ``train.early_stopping.monitor``) that names another metric is refused before
+            anything starts; ``None`` (the default): it is refused at the first evaluation.
+            Other values the loop logs (``lr``, ``grad_norm``, ``samples_per_sec``, ``time/*``,
+            ``memory/*``) cannot be monitored.
     """
 
     name: ClassVar[str] = ""
@@ -39,13 +47,20 @@ class Recipe:
     Data: ClassVar[type[DataSection]] = DataSection
     defaults: ClassVar[dict[str, Any]] = {}
     head: ClassVar[list[str]] = []
+    metric_names: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
     @classmethod
     def check(cls, cfg: Any) -> None:
-        """Pre-flight checks that need no torch (paths exist, classes match). Raise ConfigError."""
+        """Pre-flight checks that need no torch (paths exist, classes match). Raise ConfigError.
+
+        This one checks the monitored metric names against ``metric_names``: an override should
+        call ``super().check(cfg)`` (the worker checks them again before training anyway)."""
+        from launcher.recipe_loader import check_monitors
+
+        check_monitors(cls, cfg)
 
     def build_model(self) -> Any:  # -> torch.nn.Module
         raise NotImplementedError

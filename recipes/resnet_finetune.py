@@ -10,13 +10,14 @@ torch and torchvision are imported inside methods only, so ``launch --list`` sta
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from launcher.config import DataSection, ModelSection
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, LaunchError
 from recipes.base import Recipe
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -30,6 +31,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # Fixed number of classes of the built-in sources (None: any).
 SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "fake": None, "image_folder": None}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size (3 float32 channels)
+DIGITS_MAX_SIZE = 256  # 1,797 x 3 x 256 x 256 floats = 1.4 GB
 
 
 class ResNetModel(ModelSection):
@@ -44,9 +47,16 @@ class ResNetModel(ModelSection):
 class ResNetData(DataSection):
     name: Literal["digits", "image_folder", "cifar10", "fake"] = "digits"
     num_classes: Optional[int] = Field(None, ge=2, description="default: from the data")
-    image_size: int = Field(32, ge=8, description="square input size")
+    # 16: below it ResNet's later stages see a 1x1 map (it halves the size five times) and learn
+    # nothing more; 4096: one such image is 200 MB as 3 float32 channels before any activation
+    # (ResNets are trained at 224-512), and a typo such as 100000 would ask for terabytes.
+    image_size: int = Field(32, ge=16, le=4096, description="square input size (16..4096)")
     split_seed: int = Field(0, description="seed of the train/val split (digits, fake)")
     fake_size: int = Field(512, ge=2, description="number of FakeData images")
+    skip_bad: bool = Field(
+        False,
+        description="image_folder: skip image files that cannot be decoded (found before training) instead of failing",
+    )
 
 
 def _weights_kind(value: str) -> str:
@@ -62,6 +72,16 @@ def _class_dirs(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _scan_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) of every image file under ``split_dir/<class>/`` (sub-folders too,
+    links followed), in torchvision's ImageFolder order. Needs no torch or PIL."""
+    samples = []
+    for label, name in enumerate(classes):
+        for folder, _, files in sorted(os.walk(split_dir / name, followlinks=True)):
+            samples.extend((os.path.join(folder, f), label) for f in sorted(files) if _is_image(f))
+    return samples
+
+
 class ResNetFinetune(Recipe):
     description = (
         "torchvision ResNet-18/34/50 fine-tuning; data: digits (default, no download), image_folder, cifar10, fake"
@@ -69,6 +89,7 @@ class ResNetFinetune(Recipe):
     Model = ResNetModel
     Data = ResNetData
     head = ["fc."]
+    metric_names = ("loss", "acc")  # train/ and val/ (the base class's metrics(): correct -> acc)
     # Measured on 2 CPU cores: ~98 % val accuracy on digits in 5 epochs (~1 min).
     defaults = {
         "train": {
@@ -87,10 +108,19 @@ class ResNetFinetune(Recipe):
     @classmethod
     def check(cls, cfg) -> None:
         d, m = cfg.data, cfg.model
+        super().check(cfg)
         fixed = SOURCE_CLASSES[d.name]
         if d.name == "image_folder":
-            found = cls._check_image_folder(Path(d.root))
+            found = cls._check_image_folder(Path(d.root), d.skip_bad)
             fixed = len(found)
+        elif d.skip_bad:
+            raise ConfigError(f"data.skip_bad applies to data.name=image_folder only (data.name={d.name}); drop it")
+        if d.name == "digits" and d.image_size > DIGITS_MAX_SIZE:
+            gb = DIGITS_IMAGES * 3 * d.image_size**2 * 4 / 1e9
+            raise ConfigError(
+                f"data.image_size={d.image_size} with data.name=digits would hold {gb:.0f} GB of images in memory "
+                f"(all {DIGITS_IMAGES:,} 8x8 digits, upscaled); use data.image_size <= {DIGITS_MAX_SIZE}"
+            )
         if fixed is not None and d.num_classes is not None and d.num_classes != fixed:
             raise ConfigError(
                 f"data.num_classes={d.num_classes} but data.name={d.name} has {fixed} classes; "
@@ -110,7 +140,7 @@ class ResNetFinetune(Recipe):
             )
 
     @staticmethod
-    def _check_image_folder(root: Path) -> list[str]:
+    def _check_image_folder(root: Path, skip_bad: bool = False) -> list[str]:
         if not root.is_dir():
             raise ConfigError(
                 f"data.root={root} does not exist; data.name=image_folder needs a folder with train/ and val/ class subfolders"
@@ -133,7 +163,28 @@ class ResNetFinetune(Recipe):
                 f"train and val classes differ in {root} (only in train: {only_t or '-'}; only in val: {only_v or '-'}); "
                 "make both splits hold the same class folders"
             )
-        return splits["train"]
+        classes = splits["train"]
+        for split in ("train", "val"):
+            sub = root / split
+            samples = _scan_images(sub, classes)
+            if not samples:
+                raise ConfigError(f"{sub} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+            if split == "train":
+                used = sorted({classes[label] for _, label in samples})
+                if len(used) < 2:
+                    raise ConfigError(
+                        f"data.name=image_folder needs at least 2 classes (sub-folders with images); found "
+                        f"{len(used)}: {', '.join(used)} in {sub}; add a folder of images for each other class"
+                    )
+                empty = [c for c in classes if c not in used]
+                if empty:
+                    raise ConfigError(
+                        f"{sub}/{empty[0]} has no images ({len(empty)} class folder(s) without any); "
+                        "put images in it or remove it from train/ and val/"
+                    )
+            if not skip_bad:
+                _check_files(samples)
+        return classes
 
     # ------------------------------------------------------------------ parts
     def num_classes(self) -> int:
@@ -141,7 +192,7 @@ class ResNetFinetune(Recipe):
         if d.num_classes is not None:
             return d.num_classes
         if d.name == "image_folder":
-            return len(_class_dirs(Path(d.root) / "train"))
+            return len(_class_dirs(Path(d.root) / "train"))  # (each holds images: check())
         return SOURCE_CLASSES[d.name] or 10
 
     def build_model(self):
@@ -254,16 +305,21 @@ class ResNetFinetune(Recipe):
         return train, val
 
     def _data_image_folder(self):
-        from torchvision import datasets
-
-        root = Path(self.cfg.data.root)
+        d = self.cfg.data
+        root = Path(d.root)
+        classes = _class_dirs(root / "train")
         train_tf, val_tf = self._transforms()
-        train = datasets.ImageFolder(str(root / "train"), transform=_rgb(train_tf), is_valid_file=_is_image)
-        val = datasets.ImageFolder(str(root / "val"), transform=_rgb(val_tf), is_valid_file=_is_image)
-        for split, ds in (("train", train), ("val", val)):
-            if len(ds) == 0:
+        out = []
+        for split, tf in (("train", train_tf), ("val", val_tf)):
+            samples = _scan_images(root / split, classes)
+            if d.skip_bad:
+                # Up front, so the dataset has the same length in every attempt (exact resume)
+                # and on every rank: the same files fail each time.
+                samples = _decodable(samples, root / split)
+            if not samples:
                 raise ConfigError(f"{root / split} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return train, val
+            out.append(ImageFiles(samples, tf))
+        return tuple(out)
 
     def _data_cifar10(self):
         from torchvision import datasets
@@ -304,14 +360,106 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-class _rgb:
-    """Convert any PIL image (grey, RGBA, palette) to RGB before the transforms. Picklable."""
+def _check_files(samples: list[tuple[str, int]]) -> None:
+    """What a stat can tell (in the parent, before anything starts): files of 0 bytes, and
+    links or files that cannot be read."""
+    bad = []
+    for path, _ in samples:
+        try:
+            if os.stat(path).st_size == 0:
+                bad.append((path, "is empty (0 bytes)"))
+        except OSError as e:
+            bad.append((path, f"cannot be read ({e.strerror or type(e).__name__})"))
+    if bad:
+        path, why = bad[0]
+        more = f" (and {len(bad) - 1} more such files)" if len(bad) > 1 else ""
+        raise ConfigError(
+            f"image file {path} {why}{more}; remove or replace it, or pass data.skip_bad=true to skip such files"
+        )
 
-    def __init__(self, tf):
-        self.tf = tf
 
-    def __call__(self, img):
-        return self.tf(img.convert("RGB"))
+class UnreadableImage(LaunchError):
+    """An image file that fails to decode during training: the run fails with this one line.
+
+    Raised in a DataLoader worker process, torch re-raises it in the training process as
+    ``UnreadableImage(<its report, the worker's traceback included>)``; only our line is kept."""
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Traceback" in message:
+            lines = [line for line in message.splitlines() if marker in line]
+            if lines:
+                message = lines[-1].split(marker, 1)[1]
+        super().__init__(message)
+
+
+def load_image(path: str):
+    """The RGB image in ``path`` (any PIL mode converted), or UnreadableImage naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise UnreadableImage(
+            f"cannot decode image file {path} ({_reason(e)}); remove or replace it, "
+            "or pass data.skip_bad=true to skip the files that do not decode"
+        ) from None
+
+
+def _reason(e: BaseException) -> str:
+    message = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _decodes(path: str) -> str | None:
+    """None if ``path`` decodes, else why not. JPEGs are decoded at 1/8 scale (``draft``),
+    which reads every byte (a truncated file fails) at about a third of the cost."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (1, 1))
+            img.load()
+    except Exception as e:
+        return _reason(e)
+    return None
+
+
+def _decodable(samples: list[tuple[str, int]], where: Path) -> list[tuple[str, int]]:
+    """``samples`` without the files that do not decode, with one warning line if any."""
+    kept, bad = [], []
+    for path, label in samples:
+        why = _decodes(path)
+        if why is None:
+            kept.append((path, label))
+        else:
+            bad.append((path, why))
+    if bad:
+        path, why = bad[0]
+        print(
+            f"warning: data.skip_bad: skipped {len(bad)} of {len(samples)} image files in {where} that do not "
+            f"decode; first: {path} ({why})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return kept
+
+
+class ImageFiles:
+    """Map-style dataset of ``(image tensor, class index)`` over a fixed list of files. Picklable
+    (loader worker processes)."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
+        self.samples, self.transform = samples, transform
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(load_image(path)), label
 
 
 def _split(ds, val_fraction: float, seed: int):

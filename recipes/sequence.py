@@ -101,6 +101,7 @@ class Sequence(Recipe):
     Model = SequenceModel
     Data = SequenceData
     head = ["fc."]
+    metric_names = ("loss", "acc")
     # Measured on 2 CPU cores: 97-98 % val accuracy on digits in 15 epochs (~20 s), see README.
     defaults = {
         "train": {
@@ -119,6 +120,7 @@ class Sequence(Recipe):
     # ------------------------------------------------------------------ pre-flight (no torch)
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
         d = cfg.data
         if d.name == "file":
             if not d.path:

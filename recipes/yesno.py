@@ -105,6 +105,7 @@ class YesNo(Recipe):
     Model = YesNoModel
     Data = YesNoData
     head = ["fc."]
+    metric_names = ("loss", "val/wer", "val/file_acc")  # decoding runs in evaluation only
     # Measured on 2 CPU cores, 60-file espeak-ng stand-in (scripts/yesno_standin.py): see README.
     defaults = {
         "train": {
@@ -125,6 +126,7 @@ class YesNo(Recipe):
     # ------------------------------------------------------------------ pre-flight (no torch)
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
         d = cfg.data
         root = Path(d.root)
         folder = root / FOLDER

@@ -128,6 +128,23 @@ def evaluate_saved(run_dir: Path, batch_size: int = 50) -> dict:
     return recipe.metrics(sums)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Code under test that sets signal dispositions in this process (the stop flag, or
+    `launcher.slurm.after`, which ignores the stop signals as the batch shell needs) must not
+    leave them to later tests: an ignored signal is inherited by every child they start."""
+    import signal
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in sigs}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    for s, handler in saved.items():
+        if signal.getsignal(s) is not handler and handler is not None:
+            signal.signal(s, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA GPU: skipped cleanly without one."""
     import torch

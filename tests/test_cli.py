@@ -541,8 +541,10 @@ def test_completed_run_is_not_trained_again_in_process(cwd, capsys, no_training)
     assert "is already complete (val/acc=0.875 val/loss=0.25); nothing to do." in out
     assert snapshot(cwd) == before
     assert dry_run([R, "run.name=exp"], capsys)["state"] == "already completed"
-    # More epochs extend a completed run (resume), so it is no longer "complete".
-    assert dry_run([R, "run.name=exp", "train.epochs=9"], capsys)["state"] == "resumes this run"
+    # More epochs of a schedule planned for the run's length (resnet_finetune: cosine) are refused
+    # (tests/test_schedules.py has the cases where they extend it)
+    code, out, err = call_main([R, "run.name=exp", "train.epochs=9", "--dry-run"], capsys)
+    assert_one_error_line(code, out, err, "model.init_from=")
 
 
 # --------------------------------------------------------------------------- a real (tiny) run

@@ -108,6 +108,24 @@ def test_recipe_can_come_from_a_config_file(tmp_path):
     assert cfg.train.lr == 0.02
 
 
+def test_a_mapping_for_a_section_merges_into_it():
+    # `train={lr: 0.01}` sets train.lr; the recipe's scheduler, epochs, weight decay stay
+    default = resolve()
+    cfg = resolve("train={lr: 0.01}")
+    assert cfg.train.lr == 0.01
+    assert cfg.train.scheduler == default.train.scheduler == "cosine"
+    assert cfg.train.epochs == default.train.epochs and cfg.train.batch_size == default.train.batch_size
+    nested = resolve("train.early_stopping={patience: 7}", "train.early_stopping.monitor=val/loss")
+    assert nested.train.early_stopping.patience == 7 and nested.train.early_stopping.monitor == "val/loss"
+    # a later key=value still wins, and so does a later mapping
+    assert resolve("train={lr: 0.01}", "train.lr=0.02").train.lr == 0.02
+    assert resolve("train.lr=0.02", "train={lr: 0.03}").train.lr == 0.03
+    # a plain dict-valued key (not a section) is replaced, not merged
+    tree: dict = {"model": {"w": {"a": 1}}}
+    cfgmod.set_dotted(tree, "model.w", {"b": 2})
+    assert tree == {"model": {"w": {"b": 2}}}
+
+
 def test_option_shorthands_are_layered_like_key_values():
     _, _, cfg, _ = resolve_from_argv(
         ("recipe=resnet_finetune",),
@@ -148,6 +166,25 @@ def test_lists_ints_and_bools_are_parsed():
     assert cfg.run.deterministic is True
     assert cfg.log.backends == ["jsonl"]
     assert cfg.train.betas == (0.8, 0.99)
+
+
+def test_numbers_stay_lax_where_that_is_safe():
+    # YAML 1.1 reads `1e-3` (no dot) and quoted digits as strings: still numbers for number keys
+    cfg = resolve(recipe=TINY, files=[{"train": {"lr": "1e-3", "epochs": "3"}, "run": {"name": 7}}])
+    assert cfg.train.lr == 0.001 and cfg.train.epochs == 3
+    assert cfg.run.name == "7"  # numbers for strings
+    assert resolve("train.lr=1").train.lr == 1.0  # an int for a float
+    assert resolve("run.seed=4294967295").run.seed == 2**32 - 1  # numpy's largest seed
+    assert resolve("run.deterministic=true", "data.pin_memory=false").data.pin_memory is False
+
+
+def test_bounds_errors_name_the_key_and_an_example():
+    assert config_error("train.lr=.inf") == "bad value train.lr=inf: Input should be a finite number; e.g. train.lr=0.1"
+    assert "e.g. train.betas=[0.9,0.999]" in config_error("train.betas=[.nan,0.9]")
+    assert config_error("train.epochs=false").endswith("Input should be a number, not true/false; e.g. train.epochs=1")
+    assert "e.g. train.max_steps=null" in config_error("train.max_steps=")
+    msg = config_error("train.lr=" + "1" * 400)
+    assert len(msg) < 200 and "..." in msg  # a huge value is shortened, still one line
 
 
 def test_null_clears_optional_keys():
@@ -280,7 +317,7 @@ def test_missing_config_file(tmp_path):
         cfgmod.load_yaml_file(missing)
     assert missing in str(exc.value)
     # A directory is not a config file either.
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="is a directory"):
         cfgmod.load_yaml_file(str(tmp_path))
 
 
@@ -291,8 +328,58 @@ def test_config_file_must_be_a_mapping(tmp_path, text):
         cfgmod.load_yaml_file(f)
 
 
-def test_empty_config_file_is_an_empty_layer(tmp_path):
-    assert cfgmod.load_yaml_file(write(tmp_path / "empty.yaml", "")) == {}
+@pytest.mark.parametrize("text", ["", "\n", "# train:\n#   lr: 0.1\n"])
+def test_empty_config_file_is_refused(tmp_path, text):
+    f = write(tmp_path / "empty.yaml", text)
+    with pytest.raises(ConfigError, match=r"is empty \(or only comments\)") as exc:
+        cfgmod.load_yaml_file(f)
+    assert f in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_explicitly_empty_mapping_and_empty_sections_set_nothing(tmp_path):
+    assert cfgmod.load_yaml_file(write(tmp_path / "a.yaml", "{}\n")) == {}
+    # `train:` with every key commented out, an empty nested section, `recipe:` left blank
+    layer = cfgmod.load_yaml_file(write(tmp_path / "b.yaml", "recipe:\ntrain:\n  early_stopping:\n# lr: 1\nrun:\n"))
+    assert layer == {"train": {}}
+    assert resolve(recipe=TINY, files=[layer]).train.lr == 0.05
+
+
+def test_utf8_bom_and_merge_keys_are_fine(tmp_path):
+    f = tmp_path / "bom.yaml"
+    f.write_bytes("\ufefftrain:\n  lr: 0.3\n".encode())
+    assert cfgmod.load_yaml_file(str(f)) == {"train": {"lr": 0.3}}
+    # a key given next to `<<:` overrides the merged one: not a duplicate
+    text = "train: &t\n  lr: 0.2\n  epochs: 3\nrun:\n  seed: 1\nlog: {}\n"
+    layer = cfgmod.load_yaml_file(write(tmp_path / "m.yaml", text))
+    assert layer["train"] == {"lr": 0.2, "epochs": 3}
+    from launcher import yamlio
+
+    assert yamlio.load("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")["other"] == {"x": 3, "y": 2}
+
+
+def test_yaml_refuses_duplicates_cycles_bombs_and_deep_nesting():
+    from launcher import yamlio
+
+    with pytest.raises(yamlio.RefusedYAML, match=r"sets 'a.b' twice") as exc:
+        yamlio.load("a:\n  b: 1\n  c: 2\n  b: 3\n")
+    assert exc.value.where == " (lines 2 and 4)"
+    with pytest.raises(yamlio.RefusedYAML, match="alias inside the value it names"):
+        yamlio.load("a: &x {b: *x}\n")
+    laughs = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True)
+    )
+    with pytest.raises(yamlio.RefusedYAML, match="expands to more than"):
+        yamlio.load(laughs)
+    with pytest.raises(yamlio.RefusedYAML, match="nests deeper"):
+        yamlio.load("a: " + "[" * 150 + "]" * 150)
+    # aliases within the limit are fine, and are plain YAML
+    assert yamlio.load("a: &a [1, 2]\nb: *a\n") == {"a": [1, 2], "b": [1, 2]}
+
+
+def test_config_file_over_the_size_limit_is_refused(tmp_path):
+    f = write(tmp_path / "big.yaml", "train:\n  lr: 0.1\n" + "#" * cfgmod.MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=r"big.yaml is \d+ bytes"):
+        cfgmod.load_yaml_file(f)
 
 
 def test_unknown_key_in_a_config_file_is_reported(tmp_path):

@@ -100,6 +100,9 @@ def test_the_template_itself_is_a_valid_recipe(tmp_path):
         ("defaults = {'train': 0.1}\n", "defaults['train'] must be a dict of keys"),
         ("defaults = [('train', {})]\n", "defaults must be a dict of sections"),
         ("head = 'fc.'\n", "head must be a list of parameter-name prefixes"),
+        ("metric_names = 'loss'\n", "metric_names must be a tuple of the names metrics() returns"),
+        ("metric_names = ('loss', 'time/step')\n", "metric_names must be a tuple of the names metrics() returns"),
+        ("metric_names = ()\n", "metric_names must be a tuple"),
     ],
     ids=[
         "step-args",
@@ -113,6 +116,9 @@ def test_the_template_itself_is_a_valid_recipe(tmp_path):
         "values",
         "defaults-type",
         "head",
+        "metric_names-str",
+        "metric_names-split",
+        "metric_names-empty",
     ],
 )
 def test_each_broken_piece_is_named(tmp_path, code, expect):
@@ -133,6 +139,32 @@ def test_static_and_class_methods_are_accepted(tmp_path):
         """
     )
     assert load_source(tmp_path, recipe_source() + extra).__name__ == "Mine"
+
+
+def test_declared_metric_names_check_the_monitors_before_training(tmp_path):
+    cls = load_source(tmp_path, recipe_source() + body("metric_names = ('loss', 'val/acc')\n"))
+    spec = [("recipe", "mine.py:Mine")]
+    assert resolve(cls, [], [*spec, ("train.early_stopping.monitor", "val/acc")])
+    with pytest.raises(ConfigError, match="train/acc is not a metric this recipe reports; did you mean "):
+        resolve(cls, [], [*spec, ("train.early_stopping.monitor", "train/acc")])
+
+
+def test_a_duck_typed_recipe_gets_the_monitor_check_bound_to_itself():
+    class Duck:
+        metric_names = ("loss",)
+
+        def build_model(self):
+            return None
+
+        def build_datasets(self):
+            return None
+
+        def step(self, model, batch):
+            return None
+
+    check_contract(Duck, "duck.py:Duck")
+    with pytest.raises(ConfigError, match="val/acc is not a metric"):
+        resolve(Duck, [], [("recipe", "duck.py:Duck"), ("train.early_stopping.monitor", "val/acc")])
 
 
 def test_a_duck_typed_class_missing_two_methods_names_both():

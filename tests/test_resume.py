@@ -113,7 +113,7 @@ def test_unreadable_newest_checkpoint_is_skipped(tmp_path, tiny):
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
     r = run_launch([*args, "train.max_steps=27"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"skipping unreadable checkpoint {newest.name}" in r.stderr
+    assert f"warning: checkpoint {newest.name} is damaged (state.pt: " in r.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"].endswith(ckpts[-2].name)
     assert summary["global_step"] == 27
@@ -133,6 +133,9 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, tiny):
     import torch
 
     torch.save({"format_version": 1, "x": Evil()}, newest / "state.pt")
+    from launcher.runtime.checkpoint import write_manifest
+
+    write_manifest(newest)  # its checksum rewritten too: an attack, not damage (no fallback)
     r = run_launch([*args, "train.max_steps=8"], tmp_path)
     assert not marker.exists(), "code from the checkpoint ran"
     assert r.returncode == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher.slurm import ACTIVE_STATES, job_info
+from tests.badinput import Case, assert_refused
 from tests.conftest import TINY, assert_same_weights, only_run_dir, read_jsonl, run_launch
 
 # the lines that mean a stop request killed the workers instead of stopping them
@@ -188,11 +189,25 @@ def test_a_failing_job_is_not_requeued(tmp_path):
     assert "not requeued" in (run_dir / "logs" / f"slurm-{job_id}.out").read_text()
 
 
-def test_a_partition_slurm_does_not_know_is_one_line(tmp_path):
-    r = run_launch([*BASE, "--slurm", "slurm.partition=nosuch"], tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "Slurm refused the job" in r.stderr and "partition" in r.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+NEVER = [f"recipe={TINY}", "--slurm", "run.name=never"]
+# Slurm 22.05.8's own answers (sbatch --test-only) on the test cluster: 2 nodes, 2 CPUs and 1 MB each
+NEVER_RUNS = [
+    Case("partition Slurm does not know", [*NEVER, "slurm.partition=nosuch"], "invalid partition specified: nosuch"),
+    Case("three nodes of two", [*NEVER, "--nodes", "3"], "Requested node configuration is not available"),
+    Case("eight processes on 2-CPU nodes", [*NEVER, "--procs", "8"], "partition debug has 2 node(s) with up to 2 CPU(s)"),
+    Case("more CPUs per task than a node has", [*NEVER, "slurm.cpus_per_task=3"], "can never run this job"),
+    Case("more memory than a node has", [*NEVER, "slurm.mem=900T"], "900T memory"),
+    Case("GPUs on a cluster without", [*NEVER, "--gpus", "1"], "Invalid generic resource"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", NEVER_RUNS, ids=lambda c: c.id)
+def test_a_job_slurm_can_never_run_is_refused_before_submission(case, tmp_path, monkeypatch, capsys):
+    """Before: --nodes 3 and --procs 8 were submitted and pended forever; partition and memory
+    refusals left runs/tiny/ behind."""
+    assert_refused(case, tmp_path, monkeypatch, capsys)
+    r = subprocess.run(["squeue", "-h", "-n", "Tiny-never", "-o", "%i"], capture_output=True, text=True)
+    assert r.stdout.split() == [], "a job was submitted"  # (by this test: the name is its own)
 
 
 # ---------------------------------------------------------------- stop signals (slurm/README.md)

@@ -109,6 +109,36 @@ def test_user_values_cannot_reach_the_shell_unquoted(tmp_path):
     assert not set(name) & set("$`; '\"")
 
 
+SECRET = "SECRETabc123xyz"
+
+
+def test_a_credential_reaches_neither_the_job_name_nor_the_script():
+    """data.token (a key like launcher.config.SECRET_KEY) is in config.yaml only, which the script
+    names by its run directory; it never reaches --job-name (squeue shows it to every user) or any
+    other line, whether the run name is derived or chosen."""
+    from launcher.rundir import default_run_name
+    from tests.tiny_recipe import Tiny, TinyData
+
+    class TokenData(TinyData):
+        token: str = ""
+
+    class TokenTiny(Tiny):
+        Data = TokenData
+
+    overrides = [("data.token", SECRET), ("train.lr", "0.1")]
+    cfg = resolve(TokenTiny, [], [("recipe", "tiny_recipe.py:Tiny"), ("slurm.enabled", "true"), *overrides])
+    assert cfg.data.token == SECRET
+    cfg.run.name = default_run_name(cfg, overrides)
+    run_dir = Path("/scratch/runs/tiny") / cfg.run.name
+    text = render_sbatch(cfg, make_plan(cfg), run_dir, "/opt/venv/bin/python", Path("/home/me/project"))
+    assert SECRET not in text
+    assert f"#SBATCH --job-name=Tiny-{cfg.run.name}" in text.splitlines()
+    # a run name that holds the value (given by hand): the default job name still does not
+    cfg.run.name = f"exp-{SECRET}"
+    text = render_sbatch(cfg, make_plan(cfg), Path("/scratch/runs/tiny/exp1"), "/opt/venv/bin/python", Path("/p"))
+    assert SECRET not in text and "#SBATCH --job-name=Tiny-exp-redacted" in text.splitlines()
+
+
 def test_a_line_break_in_a_path_is_refused():
     with pytest.raises(LaunchError, match="one line"):
         render([("run.name", "a")], run_dir="/scratch/a\nb")

@@ -50,6 +50,7 @@ class Tiny(Recipe):
     Model = TinyModel
     Data = TinyData
     head = ["2."]
+    metric_names = ("loss", "acc")
     defaults = {"train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 2}}
 
     def build_model(self):

@@ -99,11 +99,40 @@ def _mute_elastic() -> None:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL + 1)
 
 
+class HeldBack(logging.Handler):
+    """Holds torchrun's lines about failed and closed workers ("failed (exitcode: 2)", "Sending
+    process N closing signal SIGTERM") until the outcome is known: dropped when the workers
+    reported it themselves (bad input, a stop), else passed on to torch's own handlers."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.records = logger, []
+        logger.addHandler(self)
+        logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def finish(self, show: bool) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = True
+        if show:
+            for record in self.records:
+                logging.getLogger("torch").handle(record)  # (its handler, as when propagated)
+        self.records = []
+
+
+def _signal_exits(codes: set[int]) -> bool:
+    return all(c is not None and c < 0 for c in codes)
+
+
 def _exit_code(error: BaseException, relay: Relay) -> int | None:
     """The exit status for a ``ChildFailedError`` that is a stop or a reported bad input, else None
     (a real failure: torchrun's report is printed)."""
     failures = getattr(error, "failures", None) or {}
     codes = {f.exitcode for f in failures.values()}
+    if not failures and isinstance(getattr(error, "returncode", None), int):
+        codes = {error.returncode}  # `accelerate launch` of one process: CalledProcessError
     if not codes:
         return None
     if relay.received:
@@ -112,6 +141,9 @@ def _exit_code(error: BaseException, relay: Relay) -> int | None:
         return EXIT_STOPPED if relay.received[0] == signal.SIGINT else EXIT_PREEMPTED
     if codes <= set(QUIET_CODES):
         return next(code for code in QUIET_CODES if code in codes)
+    if EXIT_BAD_INPUT in codes and _signal_exits(codes - {EXIT_BAD_INPUT}):
+        # one rank found bad input (and said so); torchrun then closed the others with SIGTERM
+        return EXIT_BAD_INPUT
     return None
 
 
@@ -127,6 +159,8 @@ def main(argv: list[str]) -> int:
     module = argv[0]
     sys.argv = [module, *argv[1:]]
     sys.modules.pop(module, None)  # (imported ahead by launcher.prewarm: run its body as __main__, as -m does)
+    held = HeldBack(logging.getLogger("torch.distributed.elastic.multiprocessing.api"))
+    show = True
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
@@ -141,7 +175,10 @@ def main(argv: list[str]) -> int:
         code = _exit_code(e, relay)
         if code is None:
             raise
+        show = False
         return code
+    finally:
+        held.finish(show)
     return 0
 
 

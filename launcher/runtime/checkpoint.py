@@ -1,4 +1,4 @@
-"""Atomic checkpoints, finding the newest complete one, retention, and safe loading.
+"""Atomic checkpoints, finding the newest complete one, retention, and safe, verified loading.
 
 A checkpoint is a directory ``checkpoints/step-N/``::
 
@@ -7,12 +7,28 @@ A checkpoint is a directory ``checkpoints/step-N/``::
     rng-rank<R>.pt      RNG states of rank R (python, numpy, torch, CUDA)
     meta.json           step, epoch and metrics, for retention and for humans
     config.yaml         the resolved config it was trained with
+    deepspeed/          DeepSpeed's engine state (``--strategy deepspeed`` only), every rank's share
     COMPLETE            written last: only directories with this marker are ever loaded
 
 Writing goes to a hidden temporary directory, every file is fsynced, the directory is renamed
 to ``step-N`` and only then the marker is written. A crash at any instant leaves either a
 complete checkpoint or something that resume ignores (and the next save cleans up).
-Loading uses safetensors and ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+
+The marker is the manifest (format contract)::
+
+    {"step": N, "checksum": "crc32", "files": {"model.safetensors": [SIZE, "CRC32 HEX"], ...}}
+
+naming every file of the directory (``deepspeed/...`` too) with its size and zlib CRC-32, taken
+when the checkpoint is written (by the background thread with ``checkpoint.async``); it is
+written to ``COMPLETE.tmp``, fsynced and renamed, so "complete" and "verifiable" are one atomic
+step. Loading checks every listed file's size, and the checksum of every file this rank reads
+(shared files, its own ``rng-rank<R>.pt``, its own ZeRO shards), before anything is unpickled: a
+damaged file is reported as damaged and resume falls back to the newest checkpoint that
+verifies. A marker that holds only the step number (checkpoints written before manifests) is
+still loaded, unverified. The checksum guards against damage (bit flips, truncation), not
+against an attacker, who can rewrite the manifest too; that is what safe loading is for:
+safetensors and ``torch.load(weights_only=True)`` (DeepSpeed's files with the few DeepSpeed
+classes they hold allowed), so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -20,10 +36,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import threading
 import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +52,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from launcher.errors import LaunchError
-from launcher.rundir import CHECKPOINT_PREFIX, COMPLETE_MARKER, RunDir
+from launcher.rundir import CHECKPOINT_PREFIX, COMPLETE_MARKER, RunDir, file_mode
 
 # Names of the entries of state.pt (a checkpoint format contract).
 K_FORMAT = "format_version"
@@ -57,7 +77,137 @@ def rng_file(rank: int) -> str:
 
 
 class CorruptCheckpoint(Exception):
-    """A checkpoint that cannot be read (truncated, partial, garbage)."""
+    """A checkpoint that cannot be read or does not verify (truncated, partial, damaged)."""
+
+
+# ---------------------------------------------------------------------------- manifest
+# zlib's CRC-32: about twice sha256's speed and four times blake2b's here (docs/performance.md).
+# It detects damage; it is no signature (see the module docstring).
+CHECKSUM = "crc32"
+MARKER_TMP = COMPLETE_MARKER + ".tmp"
+_CHUNK = 1 << 22  # bytes read at a time: the page-cache copy stays in the CPU caches
+_SHARD_RANK = re.compile(r"zero_pp_rank_(\d+)_")  # DeepSpeed's per-rank files (ZeRO shards)
+_RNG_RANK = re.compile(r"rng-rank(\d+)\.pt")
+
+
+def file_checksum(path: Path) -> tuple[int, str]:
+    """(size, CRC-32 as 8 hex digits) of a file's bytes, read in chunks (the GIL is released)."""
+    crc, size = 0, 0
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+            size += n
+    return size, f"{crc:08x}"
+
+
+def _workers() -> int:
+    """Threads that compute checksums (zlib releases the GIL): the cores this process may use."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _checksums(paths: list[Path]) -> list[tuple[int, str]]:
+    """:func:`file_checksum` of each path, in order, computed by a few threads at once."""
+    if len(paths) < 2 or _workers() == 1:
+        return [file_checksum(p) for p in paths]
+    with ThreadPoolExecutor(min(_workers(), len(paths)), thread_name_prefix="checksum") as pool:
+        return list(pool.map(file_checksum, paths))
+
+
+def _manifest(directory: Path, fsync: bool = False, checksums: bool = True) -> dict[str, list]:
+    """relative path -> [size, checksum] of every file under ``directory`` but the marker
+    (``fsync``: each file and directory is also flushed to disk, as the writer must, while
+    other threads compute the checksums: CPU and disk at once; without ``checksums`` that is
+    all it does)."""
+    found = sorted(directory.rglob("*"))
+    files = [f for f in found if f.is_file() and f.name not in (COMPLETE_MARKER, MARKER_TMP)]
+    pool = (
+        ThreadPoolExecutor(min(_workers(), len(files)), thread_name_prefix="checksum") if checksums and files else None
+    )
+    try:
+        sums = [pool.submit(file_checksum, f) for f in files] if pool is not None else []
+        if fsync:
+            for f in found:
+                (_fsync_dir if f.is_dir() else _fsync_file)(f)
+        return {f.relative_to(directory).as_posix(): list(s.result()) for f, s in zip(files, sums, strict=False)}
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _write_marker(directory: Path, step: int, files: dict[str, list]) -> None:
+    """The manifest as the ``COMPLETE`` marker, atomically (temporary name, fsync, rename)."""
+    tmp = directory / MARKER_TMP
+    listed = ",\n".join(f" {json.dumps(rel)}: {json.dumps(entry)}" for rel, entry in files.items())
+    tmp.write_text(f'{{"step": {step}, "checksum": "{CHECKSUM}", "files": {{\n{listed}\n}}}}\n')  # a file a line
+    _fsync_file(tmp)
+    os.rename(tmp, directory / COMPLETE_MARKER)
+    _fsync_dir(directory)
+
+
+def write_manifest(directory: Path, step: int | None = None) -> None:
+    """(Re)write the marker of ``directory`` from the files it holds now. What the writer does;
+    also what anyone able to change the files can do, so the manifest is not a signature."""
+    if step is None:
+        step = int(directory.name.removeprefix(CHECKPOINT_PREFIX))
+    _write_marker(directory, step, _manifest(directory))
+
+
+def read_manifest(path: Path) -> dict[str, tuple[int, str]] | None:
+    """The manifest of checkpoint ``path`` (relative path -> (size, checksum)), or None for a
+    marker written before manifests (empty or the step number only): such a checkpoint is
+    loaded unverified. Raises CorruptCheckpoint if the marker is damaged."""
+    try:
+        raw = (path / COMPLETE_MARKER).read_bytes()
+    except OSError as e:
+        raise CorruptCheckpoint(f"{COMPLETE_MARKER}: unreadable ({e.strerror})") from None
+    if not raw.strip() or raw.strip().isdigit():
+        return None
+    try:
+        doc = json.loads(raw)  # (bytes that are not UTF-8: a ValueError too)
+        files = doc["files"]
+        if doc["checksum"] != CHECKSUM:
+            raise CorruptCheckpoint(f"{COMPLETE_MARKER}: unknown checksum {doc['checksum']!r}")
+        out = {}
+        for rel, (size, crc) in files.items():
+            if not isinstance(size, int) or not isinstance(crc, str) or rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(rel)
+            out[rel] = (size, crc)
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CorruptCheckpoint(f"{COMPLETE_MARKER}: damaged manifest") from None
+
+
+def _reads(rel: str, rank: int) -> bool:
+    """Does rank ``rank`` read this file of a checkpoint? (Each rank verifies what it reads:
+    the shared files, its own RNG file and its own ZeRO shards.)"""
+    m = _RNG_RANK.fullmatch(rel) or (_SHARD_RANK.search(rel) if rel.startswith(ENGINE_DIR + "/") else None)
+    return m is None or int(m.group(1)) == rank
+
+
+def verify(path: Path, manifest: dict[str, tuple[int, str]], rank: int | None = None) -> set[str]:
+    """Check every listed file's size, and the checksum of each file ``rank`` reads (None: of
+    every file); returns the files verified. Raises CorruptCheckpoint naming the first bad file."""
+    for rel, (size, _) in manifest.items():
+        try:
+            got = (path / rel).stat().st_size
+        except OSError:
+            raise CorruptCheckpoint(f"{rel}: missing") from None
+        if got != size:
+            raise CorruptCheckpoint(f"{rel}: {got} bytes, {size} when written")
+    read = [rel for rel in manifest if rank is None or _reads(rel, rank)]
+    try:
+        sums = _checksums([path / rel for rel in read])
+    except OSError as e:
+        raise CorruptCheckpoint(f"{Path(e.filename or '?').name}: unreadable ({e.strerror})") from None
+    for rel, (_, crc) in zip(read, sums, strict=True):
+        if crc != manifest[rel][1]:
+            raise CorruptCheckpoint(f"{rel}: checksum mismatch")
+    return set(read)
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,10 +243,12 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def safe_torch_load(path: Path | str) -> Any:
-    """``torch.load`` that never executes code from the file."""
+def safe_torch_load(path: Path | str, map_location: Any = "cpu", allowed: Iterable[type] = ()) -> Any:
+    """``torch.load`` that never executes code from the file (``allowed``: the classes, beyond
+    tensors and plain containers, that it may rebuild -- DeepSpeed's files hold a few)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise LaunchError(
@@ -106,6 +258,37 @@ def safe_torch_load(path: Path | str) -> Any:
         raise CorruptCheckpoint(f"{path}: {e}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CorruptCheckpoint(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+class EngineLoads:
+    """``load(path, map_location)`` for the files a strategy's engine reads itself (DeepSpeed's
+    ``deepspeed/``) from the checkpoint ``loaded`` came from: each is verified against the
+    manifest unless :meth:`CheckpointManager.load` already did, then loaded with
+    ``weights_only=True``. At this point it is too late to fall back, so a damaged or
+    unlisted file is a LaunchError."""
+
+    def __init__(self, loaded: dict[str, Any]):
+        self.root = Path(loaded["path"])
+        self.manifest = loaded.get("manifest")
+        self.verified = set(loaded.get("verified", ()))
+
+    def __call__(self, path: str | Path, map_location: Any = None, allowed: Iterable[type] = ()) -> Any:
+        path = Path(path)
+        try:
+            rel = path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            rel = None
+        try:
+            if self.manifest is not None and rel not in self.verified:
+                if rel not in self.manifest:
+                    raise CorruptCheckpoint(f"{path.name}: not in the checkpoint's manifest")
+                verify(self.root, {rel: self.manifest[rel]})
+                self.verified.add(rel)
+            return safe_torch_load(path, "cpu" if map_location is None else map_location, allowed)
+        except CorruptCheckpoint as e:
+            raise LaunchError(
+                f"checkpoint {self.root} is damaged ({e}); resume from an earlier checkpoint with run.resume=PATH"
+            ) from None
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
@@ -177,6 +360,7 @@ class CheckpointManager:
         mode: str,
         rank: int = 0,
         async_write: bool = False,
+        checksums: bool = True,
     ):
         self.root = run_dir.checkpoints
         self.run_dir = run_dir
@@ -184,9 +368,12 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.rank = rank
         self.async_write = async_write
+        self.private_config = False  # config.yaml copies 0600 (a config that holds a credential)
+        self.checksums = checksums  # False only to measure their cost (benchmarks/checkpoint.py)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._staging: Any = None  # CPU copy of the last async save, reused by the next
+        self.damaged: set[str] = set()  # checkpoints load_latest skipped: a save at their step replaces them
 
     # ------------------------------------------------------------------ writing
     def save(
@@ -220,7 +407,9 @@ class CheckpointManager:
         return final
 
     def is_complete(self, step: int) -> bool:
-        return (self.root / f"{CHECKPOINT_PREFIX}{step}" / COMPLETE_MARKER).is_file()
+        """Is there a complete checkpoint at ``step`` (one resume did not find damaged)?"""
+        name = f"{CHECKPOINT_PREFIX}{step}"
+        return name not in self.damaged and (self.root / name / COMPLETE_MARKER).is_file()
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is complete; re-raise its error."""
@@ -250,22 +439,26 @@ class CheckpointManager:
                 torch.save(rng, tmp / rng_file(rank))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=float))
             (tmp / CONFIG_FILE).write_text(config_text)
+            os.chmod(tmp / MODEL_FILE, file_mode())  # (safetensors creates 0600 files)
+            if self.private_config:  # the config holds a credential (rundir.file_mode)
+                os.chmod(tmp / CONFIG_FILE, file_mode(private=True))
             if engine_dir is not None:
                 os.rename(engine_dir, tmp / ENGINE_DIR)
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    _fsync_file(f)
-                else:
-                    _fsync_dir(f)
+            # every file is read back (from the page cache) for its checksum, then fsynced
+            files = _manifest(tmp, fsync=True, checksums=self.checksums)
             _fsync_dir(tmp)
-            if final.exists():  # an incomplete leftover from a crash: never loaded, safe to replace
+            if final.exists():  # an incomplete leftover from a crash, or a damaged one: never loaded
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _fsync_dir(self.root)
-            marker = final / COMPLETE_MARKER
-            marker.write_text(f"{step}\n")
-            _fsync_file(marker)
-            _fsync_dir(final)
+            self.damaged.discard(final.name)
+            if self.checksums:
+                _write_marker(final, step, files)
+            else:  # (benchmarks/checkpoint.py: the cost of the checksums) the legacy marker
+                marker = final / COMPLETE_MARKER
+                marker.write_text(f"{step}\n")
+                _fsync_file(marker)
+                _fsync_dir(final)
         except (OSError, RuntimeError, SafetensorError) as e:  # ENOSPC, EFBIG, EACCES... in any writer
             shutil.rmtree(tmp, ignore_errors=True)
             if engine_dir is not None:
@@ -314,26 +507,78 @@ class CheckpointManager:
             return {}
 
     @staticmethod
-    def load(path: Path, rank: int = 0) -> dict[str, Any]:
-        """Load one checkpoint directory. Raises CorruptCheckpoint or LaunchError (unsafe file)."""
+    def load(path: Path, rank: int = 0, verify_files: bool = True) -> dict[str, Any]:
+        """Load one checkpoint directory as rank ``rank``: its manifest verified first (see the
+        module docstring), then the files unpickled safely. Raises CorruptCheckpoint (damaged,
+        incomplete) or LaunchError (a file that verifies but holds pickled code: not damage)."""
         if not (path / COMPLETE_MARKER).is_file():
             raise CorruptCheckpoint(f"{path} is incomplete (no {COMPLETE_MARKER} marker)")
+        manifest = read_manifest(path) if verify_files else None
+        verified: set[str] = set()
+        rng_name = rng_file(rank)
+        if manifest is not None:
+            for rel in (MODEL_FILE, STATE_FILE, rng_name, CONFIG_FILE):
+                if rel not in manifest and (rel in (MODEL_FILE, STATE_FILE) or (path / rel).exists()):
+                    raise CorruptCheckpoint(f"{rel}: not in the manifest")
+            verified = verify(path, manifest, rank)
         try:
             model = load_file(str(path / MODEL_FILE))
         except Exception as e:
-            raise CorruptCheckpoint(f"{path / MODEL_FILE}: {e}") from None
-        state = safe_torch_load(path / STATE_FILE)
-        rng_path = path / rng_file(rank)
-        rng = safe_torch_load(rng_path) if rng_path.is_file() else None
+            raise CorruptCheckpoint(f"{MODEL_FILE}: {e}") from None
+        state = _load_member(path, STATE_FILE)
+        rng = _load_member(path, rng_name) if (path / rng_name).is_file() else None
         if not isinstance(state, dict) or state.get(K_FORMAT) != FORMAT_VERSION:
-            raise CorruptCheckpoint(f"{path / STATE_FILE} is not a checkpoint state of this tool")
-        return {"model": model, "state": state, "rng": rng, "path": path}
+            raise CorruptCheckpoint(f"{STATE_FILE} is not a checkpoint state of this tool")
+        return {"model": model, "state": state, "rng": rng, "path": path, "manifest": manifest, "verified": verified}
 
-    def load_latest(self, warn=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any] | None:
-        """Newest complete, readable checkpoint; unreadable ones are skipped with a warning."""
+    def load_agreed(self, path: Path, world: Any = None) -> tuple[dict[str, Any] | None, str | None]:
+        """:meth:`load` on every rank, and the ranks agree: (loaded, None) where every rank's
+        files verify, else (None, the reason: on rank 0 the first failing rank's). A refusal
+        (LaunchError) on any rank is raised on every rank. ``world``: the strategy (its
+        ``gather`` and ``any``), None for one process."""
+        loaded = damaged = refused = None
+        try:
+            loaded = self.load(path, self.rank)
+        except CorruptCheckpoint as e:
+            damaged = str(e)
+        except LaunchError as e:
+            refused = str(e)
+        if world is None:
+            if refused is not None:
+                raise LaunchError(refused)
+            return loaded, damaged
+        told = world.gather((damaged, refused)) or [(damaged, refused)]  # every rank's, on rank 0
+        if world.any(refused is not None):
+            raise LaunchError(refused or next((r for _, r in told if r), f"another process refused checkpoint {path}"))
+        if world.any(damaged is not None):
+            return None, damaged or next((d for d, _ in told if d), "damaged on another process")
+        return loaded, None
+
+    def load_latest(
+        self,
+        warn: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+        world: Any = None,
+        otherwise: str = "starting fresh",
+    ) -> dict[str, Any] | None:
+        """Newest complete checkpoint that verifies and reads on every rank. Each one skipped
+        is named in one warning line with its bad file and what happens instead (``otherwise``
+        when none is left); training replaces it when it reaches its step again."""
+        loaded, skipped = None, []
         for path in self.run_dir.complete_checkpoints():
-            try:
-                return self.load(path, self.rank)
-            except CorruptCheckpoint as e:
-                warn(f"warning: skipping unreadable checkpoint {path.name} ({e}); trying the previous one")
-        return None
+            loaded, reason = self.load_agreed(path, world)
+            if loaded is not None:
+                break
+            skipped.append((path.name, reason))
+            self.damaged.add(path.name)
+        then = f"resuming from {loaded['path'].name}" if loaded is not None else otherwise
+        for name, reason in skipped:
+            warn(f"warning: checkpoint {name} is damaged ({reason}); {then}")
+        return loaded
+
+
+def _load_member(path: Path, rel: str) -> Any:
+    """A torch file of checkpoint ``path``, safely; damage named by the file's name."""
+    try:
+        return safe_torch_load(path / rel)
+    except CorruptCheckpoint as e:
+        raise CorruptCheckpoint(f"{rel}: {str(e).removeprefix(f'{path / rel}: ')}") from None

@@ -15,6 +15,7 @@ import torch
 
 from launcher.config import Config, to_yaml
 from launcher.errors import EXIT_COMPLETED, LaunchError
+from launcher.recipe_loader import UnknownMetric, unknown_metric_message
 from launcher.runtime import checkpoint as ckpt
 from launcher.runtime import rng
 from launcher.runtime.data import to_device
@@ -62,6 +63,10 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
 
 def _scalar(v: Any) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class NonFiniteLoss(LaunchError):
+    """The loss became NaN or infinite: the run stops as failed (exit 1), no checkpoint of it is saved."""
 
 
 @dataclass
@@ -139,7 +144,7 @@ class Trainer:
         strategy = self.p.strategy
         state = loaded["state"]
         if strategy.owns_checkpoint_state:
-            strategy.load_engine(str(loaded["path"] / ckpt.ENGINE_DIR))
+            strategy.load_engine(str(loaded["path"] / ckpt.ENGINE_DIR), ckpt.EngineLoads(loaded))
         else:
             if not state[ckpt.K_OPTIMIZER]:
                 raise LaunchError(
@@ -205,6 +210,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
+        self._check_window()  # a diverged model is never checkpointed
         t0 = time.perf_counter()
         try:
             self._save()
@@ -237,6 +243,8 @@ class Trainer:
             "epoch": self.progress.epoch,
             "batch_in_epoch": self.progress.batch_in_epoch,
             "world_size": p.world_size,
+            "steps_per_epoch": self.steps_per_epoch(),
+            "total_steps": self.total_steps(),  # what a length-dependent schedule was planned for
             "strategy": s.name,
             "metrics": {**self.trackers.last_train, **self.trackers.last_val},
         }
@@ -285,6 +293,7 @@ class Trainer:
     def _log_train(self) -> None:
         totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
         metrics = {f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()}
+        self._check_losses(metrics)
         prog, t = self.progress, self.trackers
         train_time = max(self._window_train_time(), 1e-9)
         wait = min(self.window_wait, train_time)
@@ -322,6 +331,24 @@ class Trainer:
             self.p.console.postfix({**shown, "samples/s": event["samples_per_sec"]})
         self.window_start = time.perf_counter()  # the logging itself is not training time
 
+    def _check_losses(self, metrics: dict[str, Any]) -> None:
+        """Stop the run when a loss (``*loss`` metric, summed over the ranks: every rank agrees)
+        is NaN or infinite. Checked where the values are numbers already: logging steps,
+        evaluations and before checkpoints, never per step."""
+        for key, value in metrics.items():
+            if key.endswith("loss") and isinstance(value, (int, float)) and not math.isfinite(value):
+                prog = self.progress
+                raise NonFiniteLoss(
+                    f"{key} is {value} at step {prog.global_step} (epoch {prog.epoch}); "
+                    "lower train.lr, use train.grad_clip, or check the data"
+                )
+
+    def _check_window(self) -> None:
+        """The training loss of the steps not logged yet (before an evaluation or a checkpoint)."""
+        if self.window:
+            totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
+            self._check_losses({f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()})
+
     def _end_epoch(self) -> None:
         """At an epoch end (after its evaluation): the epoch's wall time."""
         t = self.trackers
@@ -339,6 +366,7 @@ class Trainer:
         p, t = self.p, self.trackers
         if p.val_loader is None or t.last_eval_step == self.progress.global_step:
             return False
+        self._check_window()
         t0 = time.perf_counter()
         p.strategy.sync_buffers(p.model)  # rank 0's BatchNorm statistics on every rank
         model = p.strategy.unwrap(p.model)
@@ -359,6 +387,7 @@ class Trainer:
         rng.restore(saved_rng)
         totals = p.strategy.reduce_sums({k: _scalar(v) for k, v in sums.items()})
         metrics = {f"val/{k}": v for k, v in p.recipe.metrics(totals).items()}
+        self._check_losses(metrics)
         t.last_val, t.last_eval_step = metrics, self.progress.global_step
         seconds = time.perf_counter() - t0
         self.window_other += seconds
@@ -372,8 +401,8 @@ class Trainer:
 
     def _metric(self, metrics: dict[str, float], name: str, key: str) -> float:
         available = {**self.trackers.last_train, **metrics}
-        if name not in available:
-            raise LaunchError(f"{key}={name} is not a metric of this recipe; available: {', '.join(sorted(available))}")
+        if name not in available:  # (a recipe's declared metric_names were checked before training)
+            raise UnknownMetric(unknown_metric_message(key, name, sorted(available)))
         return available[name]
 
     def _track(self, metrics: dict[str, float]) -> bool:
@@ -397,10 +426,12 @@ class Trainer:
         return self.p.strategy.any(t.early_stopped)
 
     # ------------------------------------------------------------------ the loop
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.p.train_sampler.batches_per_epoch() / self.cfg.train.grad_accum_steps)
+
     def total_steps(self) -> int:
         t = self.cfg.train
-        per_epoch = math.ceil(self.p.train_sampler.batches_per_epoch() / t.grad_accum_steps)
-        total = per_epoch * t.epochs
+        total = self.steps_per_epoch() * t.epochs
         return min(total, t.max_steps) if t.max_steps else total
 
     def fit(self) -> tuple[str, int]:

@@ -1,11 +1,22 @@
-"""Optimizer with parameter groups, and learning-rate schedulers from the torch family."""
+"""Optimizer with parameter groups, and learning-rate schedulers from the torch family.
+
+A schedule whose shape is planned from the run's total optimizer steps (``cosine``,
+``onecycle``, ``warmup_cosine``: ``LENGTH_DEPENDENT_SCHEDULERS``) belongs to that length: a
+resumed run must have the same total (:func:`check_schedule_length`), else it would step past
+its end (OneCycleLR raises, a cosine climbs back up). The others (``none``, ``step``,
+``multistep``, ``exponential``, ``plateau``) simply continue when a run is extended.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from launcher.config import TrainSection
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, LaunchError
+from launcher.rundir import LENGTH_DEPENDENT_SCHEDULERS
 
 
 def param_groups(model: torch.nn.Module, t: TrainSection, head: list[str]) -> list[dict]:
@@ -50,11 +61,39 @@ def build_optimizer(model: torch.nn.Module, t: TrainSection, head: list[str]) ->
     return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainSection, total_steps: int, monitor_mode: str = "min"):
+def check_schedule_fits(t: TrainSection, total_steps: int, warn: Callable[[str], None] | None = None) -> None:
+    """Settings that would not fit in a run of ``total_steps`` optimizer steps: a warm-up that never
+    ends is refused (ConfigError), decays that never happen are a warning."""
+    name, run = t.scheduler, f"the run ({total_steps} optimizer steps)"
+    if name == "warmup_cosine" and t.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"train.warmup_steps={t.warmup_steps} is not shorter than {run}: it would never leave warm-up; "
+            f"pass train.warmup_steps below {total_steps}, or train longer (train.epochs, train.max_steps)"
+        )
+    if warn is None:
+        return
+    if name == "multistep" and t.milestones and t.milestones[-1] >= total_steps:
+        late = [m for m in t.milestones if m >= total_steps]
+        warn(
+            f"train.milestones {', '.join(map(str, late))} lie beyond {run}: "
+            f"{'those decays never happen' if len(late) > 1 else 'that decay never happens'}"
+        )
+    if name == "step" and t.step_size >= total_steps:
+        warn(f"train.step_size={t.step_size} is not shorter than {run}: the learning rate never decays")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    t: TrainSection,
+    total_steps: int,
+    monitor_mode: str = "min",
+    warn: Callable[[str], None] | None = None,
+):
     """Schedulers step once per optimizer step (``plateau``: once per evaluation, on the monitored metric)."""
     S = torch.optim.lr_scheduler
     name = t.scheduler
     total = max(1, total_steps)
+    check_schedule_fits(t, total, warn)
     if name == "none":
         return None
     if name == "step":
@@ -83,3 +122,38 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainSection, total_ste
             milestones=[warm],
         )
     raise ConfigError(f"unknown train.scheduler={name}")
+
+
+def planned_steps(state: dict) -> int | None:
+    """The total optimizer steps a scheduler (its ``state_dict()``) was built for, or None when its
+    shape does not depend on the run's length. Read from the state itself, so checkpoints written
+    before this was asked also answer."""
+    if not isinstance(state, dict):
+        return None
+    if "total_steps" in state:  # OneCycleLR
+        return int(state["total_steps"])
+    if state.get("_schedulers"):  # SequentialLR (warmup_cosine): warm-up steps + the last schedule's
+        last = planned_steps(state["_schedulers"][-1])
+        milestones = state.get("_milestones") or [0]
+        return None if last is None else int(milestones[-1]) + last
+    if "T_max" in state:  # CosineAnnealingLR
+        return int(state["T_max"])
+    return None
+
+
+def check_schedule_length(scheduler, saved_state: dict, t: TrainSection, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` when its schedule was planned for another number of steps
+    than this run takes (more epochs, another train.max_steps, another process count)."""
+    if scheduler is None or t.scheduler not in LENGTH_DEPENDENT_SCHEDULERS:
+        return
+    planned, now = planned_steps(saved_state), planned_steps(scheduler.state_dict())
+    if planned is None or now is None or planned == now:
+        return
+    run = Path(checkpoint).parent.parent
+    raise LaunchError(
+        f"checkpoint {checkpoint} was planned as {planned} optimizer steps with train.scheduler={t.scheduler}, "
+        f"whose shape depends on the run's length, and this run would take {now}; to train "
+        f"{'longer' if now > planned else 'for fewer steps'}, start a new run from its weights: "
+        f"run.name={run.name}-2 model.init_from={run} (or keep the train.epochs, train.max_steps and "
+        "process count it was planned with)"
+    )

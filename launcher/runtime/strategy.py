@@ -402,10 +402,28 @@ class DeepSpeed(DDP):
         """Every rank writes its share of the engine state (collective)."""
         self.engine.save_checkpoint(directory, tag="engine", save_latest=False)
 
-    def load_engine(self, directory: str) -> None:
-        path, _ = self.engine.load_checkpoint(
-            directory, tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False
-        )
+    def load_engine(self, directory: str, load=None) -> None:
+        """Restore the engine's state. DeepSpeed reads its files with ``weights_only=False`` (a
+        pickled payload would run); every file goes through ``load(path, map_location, allowed)``
+        instead (checkpoint.EngineLoads: verified, ``weights_only=True`` with the few DeepSpeed
+        classes its files hold), by swapping the engine's checkpoint engine for the call. With
+        this config (no universal checkpoint, no MoE, no NVMe offload) that is its only reader."""
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        if load is None:
+            from launcher.runtime.checkpoint import safe_torch_load as load
+
+        own = self.engine.checkpoint_engine
+        allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+        self.engine.checkpoint_engine = _SafeLoads(own, load, allowed)
+        try:
+            path, _ = self.engine.load_checkpoint(
+                directory, tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False
+            )
+        finally:
+            self.engine.checkpoint_engine = own
         if path is None:
             raise LaunchError(f"no DeepSpeed engine state in {directory}; the checkpoint was saved by another strategy")
 
@@ -413,6 +431,19 @@ class DeepSpeed(DDP):
         box = [obj]
         self.dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+class _SafeLoads:
+    """A DeepSpeed checkpoint engine whose ``load`` is ours; everything else is the original's."""
+
+    def __init__(self, inner, load, allowed) -> None:
+        self._inner, self._load, self._allowed = inner, load, allowed
+
+    def load(self, path, map_location=None):
+        return self._load(path, map_location, self._allowed)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 class DeepSpeedPrecision:

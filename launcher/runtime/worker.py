@@ -19,6 +19,7 @@ if __name__ == "__main__":
 
 import gc
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,8 +30,10 @@ from pathlib import Path
 from launcher import yamlio
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
-from launcher.recipe_loader import check_datasets, check_model, load_recipe, watch_first_step
-from launcher.rundir import EXIT_CODE_FILE, RunDir, write_atomic
+from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
+from launcher.rundir import EXIT_CODE_FILE, RunDir, file_mode, global_batch_line, holds_secrets, write_atomic
+from launcher.runlock import RunBusy
+from launcher.signals import PARENT_ENV
 from launcher.startup import imports_without_gc
 
 
@@ -63,9 +66,44 @@ def _remove_fresh(rd: RunDir, output_dir: Path) -> None:
         parent = parent.parent
 
 
+def own_run_dir(rd: RunDir, env, strategy) -> None:
+    """Inside a Slurm job: rank 0 owns the run directory (launcher/runlock.py: the job id as the
+    holder) until its process exits; every rank gives up (RunBusy) if it could not, e.g. because
+    a live local run owns it."""
+    from launcher import runlock
+
+    refused = None
+    if env.is_main:
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        try:
+            runlock.acquire_for_exit(
+                rd.path, "worker", slurm_job=os.environ.get("SLURM_JOB_ID"),
+                slurm_restart=int(restart) if restart.isdigit() else 0,
+            )  # fmt: skip
+        except LaunchError as e:
+            refused = e
+    if strategy.any(refused is not None):
+        raise refused or RunBusy(f"{rd.path} is in use by another run (rank 0 could not own it)")
+
+
+def json_safe(value):
+    """``value`` with every NaN/infinite number as null (JSON has neither: summary.json stays valid)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (str, bool, int)) or value is None:
+        return value
+    try:
+        number = float(value)  # floats, and numpy / one-element torch numbers
+    except (TypeError, ValueError):
+        return value
+    return number if math.isfinite(number) else None
+
+
 def write_summary(rd: RunDir, summary: dict) -> None:
     try:
-        write_atomic(rd.summary, json.dumps(summary, indent=2, default=float) + "\n")
+        write_atomic(rd.summary, json.dumps(json_safe(summary), indent=2, default=float) + "\n")
     except OSError as e:
         _say(f"warning: could not write {rd.summary}: {e.strerror}")
 
@@ -107,6 +145,8 @@ def main(run_dir: str) -> int:
     try:
         device = resolve_device(cfg.dist.device, env)
         strategy = make_strategy(cfg.dist.strategy, env, device, cfg)
+        if under_slurm:
+            own_run_dir(rd, env, strategy)  # (a local run is owned by `launch` instead)
         parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
     except KeyboardInterrupt:  # a second Ctrl-C while the run was being set up
         stop.uninstall()
@@ -117,12 +157,14 @@ def main(run_dir: str) -> int:
     except LaunchError as e:
         stop.uninstall()
         _say(f"error: {e}")
-        if env.is_main and under_slurm:
+        if isinstance(e, RunBusy):
+            pass  # another run owns the directory: its files (summary.json too) are left to it
+        elif env.is_main and under_slurm:
             # the job's record (submit.sbatch, logs) stays; `launch status` shows the reason
             write_summary(rd, {"status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
         elif env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
-        elif env.is_main:
+        elif env.is_main and os.environ.get(PARENT_ENV) == str(os.getppid()):
             # tell `launch` (behind torchrun, whose own exit code would be 1) that this was bad input
             write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
         if strategy is not None:
@@ -133,6 +175,7 @@ def main(run_dir: str) -> int:
         if strategy is not None:
             strategy.teardown()
         raise
+    info(global_batch_line(cfg, env.world_size))  # (once the run is sure to start: bad input stays one line)
     status, code, reason = "failed", EXIT_FAILED, None
     try:
         status, code = trainer.fit()
@@ -142,6 +185,7 @@ def main(run_dir: str) -> int:
                 export_model(weights, cfg, rd)
     except LaunchError as e:
         reason = str(e)
+        code = getattr(e, "exit_code", code)  # a monitor found unknown at the first evaluation: 2
         _say(f"error: {e}")
     except KeyboardInterrupt:
         status, code, reason = "stopped", EXIT_STOPPED, "aborted by a second Ctrl-C (no checkpoint written)"
@@ -160,6 +204,9 @@ def main(run_dir: str) -> int:
     if env.is_main:
         summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
         write_summary(rd, summary)
+        if code == EXIT_BAD_INPUT and os.environ.get(PARENT_ENV) == str(os.getppid()):
+            # started by `launch` (or torchrun's agent): it would read "failed" (1) from the summary
+            write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
         parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary; closes metrics.jsonl
         if status == "completed":
             shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
@@ -179,7 +226,7 @@ def _redirect_output(rd: RunDir, rank: int) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(log_dir / f"rank-{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_dir / f"rank-{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # (the umask applies)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -227,6 +274,7 @@ def export_model(weights: dict, cfg, rd: RunDir) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(weights).items()}
     tmp = rd.model.with_name(f".{rd.model.name}.tmp")
     save_file(tensors, str(tmp), metadata={"recipe": cfg.recipe})
+    os.chmod(tmp, file_mode())  # (safetensors creates 0600 files)
     os.replace(tmp, rd.model)
 
 
@@ -261,7 +309,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     from launcher.runtime import rng
     from launcher.runtime.loggers import ConsoleProgress, JsonlLogger, make_loggers
     from launcher.runtime.loop import Parts, Trainer
-    from launcher.runtime.optim import build_optimizer, build_scheduler
+    from launcher.runtime.optim import build_optimizer, build_scheduler, check_schedule_length
 
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -271,6 +319,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     device = strategy.device
     precision = strategy.make_precision(cfg.train.precision, device)
 
+    check_monitors(recipe_cls, cfg)  # (again: a recipe's own check() may not call Recipe.check)
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
     model = check_model(recipe.build_model(), cfg.recipe)
@@ -296,6 +345,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     manager = ckpt.CheckpointManager(
         rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
     )
+    manager.private_config = holds_secrets(to_plain(cfg))
     parts = Parts(
         cfg=cfg,
         recipe=recipe,
@@ -318,21 +368,23 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     trainer = Trainer(parts)
     torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate wraps it
     parts.scheduler = build_scheduler(
-        torch_optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode
-    )
+        torch_optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode,
+        warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
+    )  # fmt: skip
     trainer.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
-    loaded = find_resume(cfg, manager, rd, info)
+    loaded = find_resume(cfg, manager, rd, info, strategy)
     resumed_from = None
     if loaded is not None:
         check_resume_config(cfg, loaded)
+        check_schedule_length(parts.scheduler, loaded["state"][ckpt.K_SCHEDULER], cfg.train, Path(loaded["path"]))
         trainer.load(loaded)
         resumed_from = str(loaded["path"])
         info(f"resumed from {loaded['path']} (step {trainer.progress.global_step}, epoch {trainer.progress.epoch})")
     if env.is_main:
         manager.clean_partial()
         keep = (trainer.trackers.metrics_offset or 0) if loaded is not None else None
-        jsonl = JsonlLogger(rd.metrics, keep)
+        jsonl = JsonlLogger(rd.metrics, keep, _say)
     if loaded is None:
         info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
     if env.is_main:
@@ -365,24 +417,23 @@ def _loader(cfg, recipe, env, device, dataset, train: bool):
     return sampler, loader
 
 
-def find_resume(cfg, manager, rd: RunDir, info):
-    from launcher.runtime.checkpoint import CheckpointManager, CorruptCheckpoint
-
+def find_resume(cfg, manager, rd: RunDir, info, strategy=None):
+    """The checkpoint to resume from (every rank agrees on it: ``strategy``), or None. A damaged
+    checkpoint of this run is skipped with a warning; a damaged run.resume=PATH is bad input."""
     resume = cfg.run.resume
     if resume == "never":
         return None
-    loaded = manager.load_latest(warn=lambda m: _say(m))
+    otherwise = "starting fresh" if resume == "auto" else f"resuming from run.resume={resume}"
+    loaded = manager.load_latest(warn=_say, world=strategy, otherwise=otherwise)
     if loaded is not None or resume == "auto":
-        if loaded is None and rd.complete_checkpoints():
-            info("no readable checkpoint left; starting fresh (run.resume=auto)")
         return loaded
-    path = Path(resume)
-    try:
-        return CheckpointManager.load(path, manager.rank)
-    except CorruptCheckpoint as e:
+    loaded, damaged = manager.load_agreed(Path(resume), strategy)
+    if damaged is not None:
         raise LaunchError(
-            f"run.resume={resume} is not a complete, readable checkpoint ({e}); pass a checkpoints/step-N directory"
-        ) from None
+            f"run.resume={resume} is not a complete, readable checkpoint ({damaged}); "
+            "pass an intact checkpoints/step-N directory"
+        )
+    return loaded
 
 
 def check_resume_config(cfg, loaded) -> None:
