@@ -213,7 +213,13 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         return EXIT_COMPLETED
     from launcher.hardware import free_port, visible_gpus
 
-    ask_gpus = cfg.dist.device == "cuda" or (cfg.dist.device == "auto" and cfg.dist.strategy == "accelerate")
+    ask_gpus = cfg.dist.device == "cuda" or (
+        cfg.dist.device == "auto"
+        and (
+            cfg.dist.strategy == "accelerate"
+            or (cfg.dist.strategy == "deepspeed" and cfg.train.precision == "fp16-mixed")
+        )
+    )
     # with --slurm the GPUs are on the compute nodes, not here
     plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus and not cfg.slurm.enabled else None)
     if cfg.run.name is None:

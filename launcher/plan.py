@@ -50,10 +50,16 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
     device = d.device
     if strategy == "accelerate" and device == "auto" and gpus is not None:
         device = "cuda" if gpus else "cpu"  # Accelerate must be told: it cannot "auto" into CPU processes
-    if cfg.train.precision == "fp16-mixed" and device in ("cpu", "mps"):
+    if cfg.train.precision == "fp16-mixed" and device == "mps":
         raise ConfigError(
-            f"train.precision=fp16-mixed needs a CUDA GPU (device is {device}); "
-            "use --precision bf16-mixed or fp32 on this device"
+            "train.precision=fp16-mixed is not supported on MPS; use --precision bf16-mixed or fp32 on this device"
+        )
+    on_cpu = device == "cpu" or (device == "auto" and gpus == 0)
+    if cfg.train.precision == "fp16-mixed" and on_cpu and strategy in ("accelerate", "deepspeed"):
+        # (Accelerate would silently ignore fp16 on the CPU; DeepSpeed refuses it there)
+        raise ConfigError(
+            f"train.precision=fp16-mixed on the CPU is not supported with {strategy}; use --strategy ddp "
+            "(our own GradScaler runs on the CPU), --precision bf16-mixed or fp32, or a CUDA GPU"
         )
     if strategy in ("accelerate", "deepspeed") and cfg.train.precision == "bf16-true":
         raise ConfigError(f"train.precision=bf16-true is not supported with {strategy}; use bf16-mixed or fp32")

@@ -362,7 +362,10 @@ BAD_INPUTS = {
     "no recipe": (_const(), "no recipe given"),
     "no recipe, only keys": (_const("train.lr=0.1"), "no recipe given"),
     "empty recipe": (_const("recipe="), "no recipe given"),
-    "fp16 on cpu": (_const(R, "--precision", "fp16-mixed", "--device", "cpu"), "fp16-mixed needs a CUDA GPU"),
+    "fp16 on cpu with deepspeed": (
+        _const(R, "--precision", "fp16-mixed", "--device", "cpu", "--strategy", "deepspeed"),
+        "fp16-mixed on the CPU is not supported with deepspeed",
+    ),
     "nodes without slurm": (_const(R, "--nodes", "2"), "--nodes 2 needs a cluster"),
     "slurm time": (_const(R, "--slurm", "slurm.time=4h"), "is not a Slurm time"),
     "slurm memory": (_const(R, "--slurm", "slurm.mem=lots"), "is not a Slurm memory size"),

@@ -48,8 +48,11 @@ def test_world_size_is_procs_times_nodes():
         ([("dist.strategy", "dp")], "DataParallel) needs CUDA GPUs"),
         ([("dist.strategy", "dp"), ("dist.device", "cpu")], "on the CPU it would do nothing"),
         ([("dist.device", "mps"), ("dist.procs", "2")], "MPS runs one process"),
-        ([("train.precision", "fp16-mixed"), ("dist.device", "cpu")], "fp16-mixed needs a CUDA GPU"),
-        ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed needs a CUDA GPU"),
+        (
+            [("train.precision", "fp16-mixed"), ("dist.device", "cpu"), ("dist.strategy", "deepspeed")],
+            "CPU is not supported with deepspeed",
+        ),
+        ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed is not supported on MPS"),
         ([("dist.nodes", "2")], "--nodes 2 needs a cluster"),
         ([("slurm.enabled", "true"), ("dist.strategy", "accelerate")], "not supported with --slurm"),
     ],
@@ -194,5 +197,10 @@ def test_accelerate_auto_device_is_settled_in_the_parent_and_fp16_refused_on_cpu
     cfg = cfg_with(("dist.strategy", "accelerate"), ("dist.procs", "2"))
     assert make_plan(cfg, gpus=0).device == "cpu"
     assert make_plan(cfg, gpus=2).device == "cuda"
-    with pytest.raises(ConfigError, match="fp16-mixed needs a CUDA GPU"):
+    with pytest.raises(ConfigError, match="fp16-mixed on the CPU is not supported with accelerate"):
         make_plan(cfg_with(("dist.strategy", "accelerate"), ("train.precision", "fp16-mixed")), gpus=0)
+    # our own GradScaler runs on the CPU (single, ddp)
+    assert (
+        make_plan(cfg_with(("train.precision", "fp16-mixed"), ("dist.device", "cpu"), ("dist.procs", "2"))).strategy
+        == "ddp"
+    )

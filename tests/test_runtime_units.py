@@ -182,9 +182,29 @@ def test_every_scheduler_builds_steps_and_round_trips(name):
     assert again.state_dict().keys() == state.keys()
 
 
-def test_precision_refuses_fp16_on_cpu_and_runs_bf16_autocast():
-    with pytest.raises(LaunchError, match="fp16-mixed needs a CUDA GPU"):
-        Precision("fp16-mixed", torch.device("cpu"))
+def test_precision_fp16_on_cpu_scales_and_engines_refuse_it_and_bf16_autocast_runs():
+    from launcher.runtime.precision import check_supported
+
+    with pytest.raises(LaunchError, match="not supported with deepspeed"):
+        check_supported("fp16-mixed", torch.device("cpu"), "deepspeed")
+    with pytest.raises(LaunchError, match="not supported on mps"):
+        check_supported("fp16-mixed", torch.device("mps"))
+    p16 = Precision("fp16-mixed", torch.device("cpu"))
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with p16.autocast():
+        loss = model(torch.randn(8, 4)).float().pow(2).mean()
+    p16.backward(loss)
+    p16.step(opt, list(model.parameters()), None)
+    assert p16.state_dict()["scale"] > 0  # the scaler ran and its state is checkpointable
+    before = model.weight.detach().clone()
+    with p16.autocast():
+        loss = model(torch.randn(8, 4)).float().sum() * float("inf")  # inf gradients: the step is skipped
+    opt.zero_grad()
+    p16.backward(loss)
+    scale = p16.state_dict()["scale"]
+    p16.step(opt, list(model.parameters()), None)
+    assert torch.equal(model.weight, before) and p16.state_dict()["scale"] < scale
     p = Precision("bf16-mixed", torch.device("cpu"))
     with p.autocast():
         y = torch.nn.Linear(4, 4)(torch.randn(2, 4))

@@ -1,7 +1,7 @@
 """Precision: what autocast does, how backward and the optimizer step run, and the scaler state.
 
 Names say what happens: ``fp32``; ``bf16-mixed`` (autocast to bfloat16, fp32 weights);
-``fp16-mixed`` (autocast to float16 + GradScaler, CUDA only); ``bf16-true`` (weights and
+``fp16-mixed`` (autocast to float16 + GradScaler; on the CPU too, where torch has both); ``bf16-true`` (weights and
 activations in bfloat16). No silent fallback: an unsupported combination is a LaunchError.
 """
 
@@ -15,11 +15,18 @@ import torch
 from launcher.errors import LaunchError
 
 
-def check_supported(name: str, device: torch.device) -> None:
-    if name == "fp16-mixed" and device.type != "cuda":
+def check_supported(name: str, device: torch.device, engine: str | None = None) -> None:
+    """Refuse what would not run as named. ``engine``: a library that owns precision itself
+    (Accelerate, DeepSpeed), which on the CPU ignores or refuses fp16; ours runs float16 autocast
+    with ``torch.amp.GradScaler("cpu")`` there (correct, usually slower than fp32)."""
+    if name == "fp16-mixed" and device.type not in ("cuda", "cpu"):
         raise LaunchError(
-            f"train.precision=fp16-mixed needs a CUDA GPU (this run is on {device.type}); "
-            "use --precision bf16-mixed or fp32"
+            f"train.precision=fp16-mixed is not supported on {device.type}; use --precision bf16-mixed or fp32"
+        )
+    if name == "fp16-mixed" and device.type == "cpu" and engine is not None:
+        raise LaunchError(
+            f"train.precision=fp16-mixed on the CPU is not supported with {engine}; use --strategy ddp, "
+            "--precision bf16-mixed or fp32, or a CUDA GPU"
         )
     if name.startswith("bf16") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LaunchError(

@@ -228,7 +228,7 @@ class Accelerate(DDP):
 
         from launcher.runtime.precision import check_supported
 
-        check_supported(precision, device)  # Accelerate itself would silently ignore fp16 on the CPU
+        check_supported(precision, device, "accelerate")  # Accelerate itself would silently ignore fp16 on the CPU
         mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(precision)
         if mp is None:
             raise LaunchError(f"train.precision={precision} is not supported with Accelerate; use fp32 or bf16-mixed")
@@ -327,7 +327,7 @@ class DeepSpeed(DDP):
         from launcher.runtime.precision import check_supported
 
         precision = cfg.train.precision
-        check_supported(precision, device)
+        check_supported(precision, device, "deepspeed")
         if precision not in ("fp32", "bf16-mixed", "fp16-mixed"):
             raise LaunchError(f"train.precision={precision} is not supported with deepspeed; use fp32 or bf16-mixed")
         if device.type == "cuda":

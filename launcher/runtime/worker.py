@@ -318,6 +318,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     torch.backends.cudnn.benchmark = not cfg.run.deterministic
     device = strategy.device
     precision = strategy.make_precision(cfg.train.precision, device)
+    if precision.name == "fp16-mixed" and device.type == "cpu":
+        info("fp16-mixed on the CPU: float16 autocast with a GradScaler; correct, usually slower than fp32 on CPUs")
 
     check_monitors(recipe_cls, cfg)  # (again: a recipe's own check() may not call Recipe.check)
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
