@@ -164,6 +164,25 @@ def write_atomic(path: Path, text: str, private: bool = False) -> None:
         raise
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first (what creating it
+    would make, for :func:`remove_empty` when the command that made them is refused)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty; stop at the first that is not."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def ensure_writable_dir(directory: Path, what: str, fix: str) -> None:
     """Create ``directory`` and prove a file can be written in it (permissions alone do not tell,
     e.g. for root or read-only mounts); else one LaunchError line naming ``what`` and ``fix``."""

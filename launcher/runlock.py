@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher.errors import LaunchError
+from launcher.rundir import missing_dirs, remove_empty
 
 LOCK_FILE = ".lock"  # every helper file starts with ".lock." (launcher/rundir.py ignores them)
 BREAK_FILE = ".lock.break"  # held for the milliseconds a stale lock is being removed
@@ -315,11 +316,7 @@ def release_all() -> None:
 
 def _make_dirs(run_dir: Path) -> list[Path]:
     """Create ``run_dir`` and its missing parents; returns those created, outermost first."""
-    missing = []
-    p = run_dir.absolute()
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
+    missing = missing_dirs(run_dir.absolute())
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -331,11 +328,7 @@ def _make_dirs(run_dir: Path) -> list[Path]:
 
 
 def _remove_empty(created: list[Path]) -> None:
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:
-            return
+    remove_empty(created[::-1])
 
 
 def _create(run_dir: Path, holder: Holder, name: str = LOCK_FILE) -> bool:

@@ -47,7 +47,7 @@ from launcher.errors import (
     LaunchError,
 )
 from launcher.plan import Plan
-from launcher.rundir import RunDir, write_atomic
+from launcher.rundir import RunDir, missing_dirs, remove_empty, write_atomic
 
 SCRIPT_FILE = "submit.sbatch"
 JOBS_FILE = "slurm_jobs.json"
@@ -508,15 +508,6 @@ def check_runnable(script: str, cfg: Config, plan: Plan) -> str | None:
     )
 
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """``path`` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
 def log_path(run_dir: Path, job_id: str) -> Path:
     return run_dir / LOG_PATTERN.replace("%j", str(job_id))
 
@@ -563,7 +554,7 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
     require_sbatch()
     warning = check_runnable(script, cfg, plan)  # a job Slurm can never run: refused, nothing written
     fresh = prepared.state == "new"
-    created = _missing_dirs(run_path)  # removed again if sbatch refuses: nothing is left behind
+    created = missing_dirs(run_path)  # removed again if sbatch refuses: nothing is left behind
     try:
         write_config(prepared, cfg, plan.world_size)
         (run_path / "logs").mkdir(exist_ok=True)  # Slurm does not create the output file's directory
@@ -575,11 +566,7 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
     except LaunchError:
         if fresh:
             shutil.rmtree(run_path, ignore_errors=True)  # nothing of value in it yet
-            for path in created[1:]:  # runs/<recipe>/, runs/ ... if this command made them
-                try:
-                    path.rmdir()
-                except OSError:
-                    break  # not empty (or not ours any more)
+            remove_empty(created[1:])  # runs/<recipe>/, runs/ ... if this command made them
         raise
     record_job(run_path, job_id)
     if warning:

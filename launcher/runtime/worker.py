@@ -86,6 +86,13 @@ def own_run_dir(rd: RunDir, env, strategy) -> None:
         raise refused or RunBusy(f"{rd.path} is in use by another run (rank 0 could not own it)")
 
 
+def _tell_launch_bad_input(rd: RunDir) -> None:
+    """Started by `launch` (or torchrun's agent, whose own exit code would be 1): leave it
+    ``.exit_code`` saying this was bad input (exit 2). Run in-process, nobody would read it."""
+    if os.environ.get(PARENT_ENV) == str(os.getppid()):
+        write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
+
+
 def json_safe(value):
     """``value`` with every NaN/infinite number as null (JSON has neither: summary.json stays valid)."""
     if isinstance(value, dict):
@@ -164,9 +171,8 @@ def main(run_dir: str) -> int:
             write_summary(rd, {"status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
         elif env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
-        elif env.is_main and os.environ.get(PARENT_ENV) == str(os.getppid()):
-            # tell `launch` (behind torchrun, whose own exit code would be 1) that this was bad input
-            write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
+        elif env.is_main:
+            _tell_launch_bad_input(rd)
         if strategy is not None:
             strategy.teardown()
         return EXIT_BAD_INPUT
@@ -204,9 +210,8 @@ def main(run_dir: str) -> int:
     if env.is_main:
         summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
         write_summary(rd, summary)
-        if code == EXIT_BAD_INPUT and os.environ.get(PARENT_ENV) == str(os.getppid()):
-            # started by `launch` (or torchrun's agent): it would read "failed" (1) from the summary
-            write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
+        if code == EXIT_BAD_INPUT:
+            _tell_launch_bad_input(rd)  # (it would read "failed", 1, from the summary)
         parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary; closes metrics.jsonl
         if status == "completed":
             shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
