@@ -120,8 +120,8 @@ def _print_list() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="dist.device (default auto).")
 @click.option(
     "--strategy",
-    type=click.Choice(["auto", "single", "dp", "ddp", "accelerate", "deepspeed"]),
-    help="dist.strategy (default auto: single for one process, ddp for more).",
+    type=click.Choice(["auto", "single", "dp", "ddp", "accelerate", "deepspeed", "fsdp"]),
+    help="dist.strategy (default auto: single for one process, ddp for more; fsdp: sharded, FSDP2).",
 )
 @click.option(
     "--precision",
@@ -162,7 +162,7 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
 WORKER_IMPORTS = (
     "torch",
     "launcher.runtime.worker",
-    "launcher.runtime.strategy",
+    "launcher.runtime.strategies",
     "launcher.runtime.loop",
     "launcher.runtime.loggers",
     "launcher.runtime.optim",
@@ -213,15 +213,10 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         return EXIT_COMPLETED
     from launcher.hardware import free_port, visible_gpus
 
-    ask_gpus = cfg.dist.device == "cuda" or (
-        cfg.dist.device == "auto"
-        and (
-            cfg.dist.strategy == "accelerate"
-            or (cfg.dist.strategy == "deepspeed" and cfg.train.precision == "fp16-mixed")
-        )
-    )
-    # with --slurm the GPUs are on the compute nodes, not here
-    plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus and not cfg.slurm.enabled else None)
+    # "auto" and "cuda" are settled and checked against this node's GPUs here, once (with --slurm
+    # they are on the compute nodes, not here: the worker settles "auto" there)
+    ask_gpus = cfg.dist.device in ("auto", "cuda") and not cfg.slurm.enabled
+    plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus else None)
     if cfg.run.name is None:
         cfg.run.name = default_run_name(cfg, kv)
     run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
@@ -269,7 +264,7 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         return EXIT_COMPLETED
     for key, (old, new) in prepared.safe_changes.items():
         click.echo(f"launch: {key}: {old!r} -> {new!r} (safe for an existing run)", err=True)
-    write_config(prepared, cfg, plan.world_size)  # (the worker prints the global batch once it has started)
+    write_config(prepared, cfg, plan)  # (the worker prints the global batch once it has started)
     from launcher import spawn
 
     return spawn.run(command, run_path, prewarmed)

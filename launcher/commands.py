@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.capabilities import accelerate_precision
 from launcher.config import Config
 from launcher.plan import Plan
 
@@ -67,7 +68,7 @@ def build_command(
         ]
         return Command([*argv, *worker], env)
     if plan.launcher == "accelerate":
-        mp = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[cfg.train.precision]
+        mp = accelerate_precision(cfg.train.precision)
         argv = [
             python,
             "-m",

@@ -274,7 +274,7 @@ class DistSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     procs: int = Field(1, ge=1, le=1024, description="processes per node")
     nodes: int = Field(1, ge=1, le=65536)
-    strategy: Literal["auto", "single", "dp", "ddp", "accelerate", "deepspeed"] = "auto"
+    strategy: Literal["auto", "single", "dp", "ddp", "accelerate", "deepspeed", "fsdp"] = "auto"
     timeout_s: int = Field(
         300,
         ge=5,
@@ -295,6 +295,13 @@ class DeepSpeedSection(Section):
         if self.offload_optimizer and self.stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.stage 1, 2 or 3")
         return self
+
+
+class FsdpSection(Section):
+    reshard_after_forward: bool = Field(
+        True, description="free gathered parameters after each unit's forward (less memory, one more all-gather)"
+    )
+    cpu_offload: bool = Field(False, description="keep parameters, gradients and optimizer state in CPU memory (CUDA)")
 
 
 # Slurm's --time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
@@ -368,6 +375,7 @@ class Config(Section):
     log: LogSection = Field(default_factory=LogSection)
     dist: DistSection = Field(default_factory=DistSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    fsdp: FsdpSection = Field(default_factory=FsdpSection)
     slurm: SlurmSection = Field(default_factory=SlurmSection)
 
 
@@ -398,6 +406,7 @@ RESUME_SAFE_KEYS = (
     "train.log_every",
     "train.compile",  # checkpoints hold the same keys with and without it
     "train.compile_mode",
+    "fsdp.reshard_after_forward",  # when gathered parameters are freed, not what they compute
 )
 
 
@@ -753,15 +762,25 @@ def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
 
+# Keys added after run directories already existed, with their defaults: at the default they
+# are left out of the run name's hash (the same command still finds its run directory) and a
+# config.yaml written before them reads as holding the default.
+ADDED_KEYS = {"fsdp.reshard_after_forward": True, "fsdp.cpu_offload": False}
+
+
 def config_hash(cfg: Config) -> str:
     """Hash of everything that changes results (operational keys left out)."""
-    flat = {k: v for k, v in flatten(to_plain(cfg)).items() if not _is_under(k, OPERATIONAL_KEYS)}
+    flat = {
+        k: v
+        for k, v in flatten(to_plain(cfg)).items()
+        if not _is_under(k, OPERATIONAL_KEYS) and not (k in ADDED_KEYS and ADDED_KEYS[k] == v)
+    }
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:8]
 
 
 def diff_configs(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    a, b = flatten(old), flatten(new)
+    a, b = {**ADDED_KEYS, **flatten(old)}, {**ADDED_KEYS, **flatten(new)}
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -2,45 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import platform
+import sys
+from dataclasses import asdict, dataclass
 
+from launcher.capabilities import CAPABILITIES, check
 from launcher.config import Config
 from launcher.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str  # single | ddp | dp | accelerate | deepspeed
-    device: str  # auto | cpu | cuda | mps (auto is settled by the worker, which has torch)
+    strategy: str  # a name in launcher.capabilities.CAPABILITIES (never "auto")
+    device: str  # cpu | cuda | mps, or auto where the GPUs cannot be seen from here (under Slurm)
     procs_per_node: int
     nodes: int
-    launcher: str  # in-process | torchrun | accelerate | deepspeed | slurm
+    launcher: str  # in-process | torchrun | accelerate | slurm
 
     @property
     def world_size(self) -> int:
         return self.procs_per_node * self.nodes
 
-
-STRATEGY_LAUNCHER = {
-    "single": "in-process",
-    "dp": "in-process",
-    "ddp": "torchrun",
-    "accelerate": "accelerate",
-    "deepspeed": "torchrun",  # deepspeed.initialize reads torchrun's environment
-}
+    def to_dict(self) -> dict:
+        return {**asdict(self), "world_size": self.world_size}
 
 
 def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
-    """Decide how to run ``cfg``. ``gpus`` is the number of visible GPUs (None: unknown)."""
+    """Decide how to run ``cfg``. ``gpus`` is the number of visible GPUs (None: unknown).
+
+    Every check of what a strategy supports is here (and in :mod:`launcher.capabilities`), before
+    anything starts; the worker reads the result from ``RUN_DIR/plan.json``.
+    """
     d = cfg.dist
     world = d.procs * d.nodes
     strategy = d.strategy
     if strategy == "auto":
         strategy = "single" if world == 1 else "ddp"
-    if strategy in ("single", "dp") and world > 1:
+    cap = CAPABILITIES[strategy]
+    if cap.one_process and world > 1:
         raise ConfigError(
             f"dist.strategy={strategy} runs one process but dist.procs x dist.nodes = {world}; "
-            "use --strategy ddp (or drop --procs/--nodes)"
+            "use --strategy ddp or fsdp (or drop --procs/--nodes)"
         )
     if strategy == "dp" and d.device != "cuda":
         raise ConfigError(
@@ -48,23 +50,9 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
             "use --procs N for several CPU processes (ddp), or --device cuda"
         )
     device = d.device
-    if strategy == "accelerate" and device == "auto" and gpus is not None:
-        device = "cuda" if gpus else "cpu"  # Accelerate must be told: it cannot "auto" into CPU processes
-    if cfg.train.precision == "fp16-mixed" and device == "mps":
-        raise ConfigError(
-            "train.precision=fp16-mixed is not supported on MPS; use --precision bf16-mixed or fp32 on this device"
-        )
-    on_cpu = device == "cpu" or (device == "auto" and gpus == 0)
-    if cfg.train.precision == "fp16-mixed" and on_cpu and strategy in ("accelerate", "deepspeed"):
-        # (Accelerate would silently ignore fp16 on the CPU; DeepSpeed refuses it there)
-        raise ConfigError(
-            f"train.precision=fp16-mixed on the CPU is not supported with {strategy}; use --strategy ddp "
-            "(our own GradScaler runs on the CPU), --precision bf16-mixed or fp32, or a CUDA GPU"
-        )
-    if strategy in ("accelerate", "deepspeed") and cfg.train.precision == "bf16-true":
-        raise ConfigError(f"train.precision=bf16-true is not supported with {strategy}; use bf16-mixed or fp32")
-    if strategy == "deepspeed" and cfg.checkpoint.async_:
-        raise ConfigError("checkpoint.async=true is not supported with deepspeed (its engine writes its own state)")
+    if device == "auto" and gpus is not None and (gpus or not _maybe_mps()):
+        device = "cuda" if gpus else "cpu"  # settled once, here (MPS is only told apart with torch)
+    check(cfg, strategy, device, gpus)
     if d.device == "mps" and world > 1:
         raise ConfigError("MPS runs one process; drop --procs (or use --device cpu for several CPU processes)")
     needed = 1 if strategy == "dp" else d.procs  # DataParallel: one process over every visible GPU
@@ -78,15 +66,10 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
         raise ConfigError(
             f"--nodes {d.nodes} needs a cluster: add --slurm to submit to Slurm (or use --procs N on this one node)"
         )
-    if strategy not in STRATEGY_LAUNCHER:
-        raise ConfigError(
-            f"dist.strategy={strategy} is not available yet in this version; use ddp (--procs N) or single"
-        )
-    launcher = STRATEGY_LAUNCHER[strategy]
-    if cfg.slurm.enabled:
-        if strategy == "accelerate":
-            raise ConfigError(
-                "--strategy accelerate is not supported with --slurm; use ddp or deepspeed (srun starts the processes)"
-            )
-        launcher = "slurm"  # srun starts one task per process on every node
+    launcher = "slurm" if cfg.slurm.enabled else cap.launcher  # srun starts one task per process on every node
     return Plan(strategy=strategy, device=device, procs_per_node=d.procs, nodes=d.nodes, launcher=launcher)
+
+
+def _maybe_mps() -> bool:
+    """Could "auto" mean Apple's MPS here? (macOS on Apple silicon; torch alone can tell for sure)"""
+    return sys.platform == "darwin" and platform.machine() == "arm64"

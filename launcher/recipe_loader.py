@@ -198,11 +198,28 @@ def check_contract(cls: object, spec: str) -> None:
         raise ConfigError(
             f"recipe {spec!r}: head must be a list of parameter-name prefixes such as ['fc.'] (got {head!r})"
         )
+    units = getattr(cls, "shard_units", ())
+    if not isinstance(units, (list, tuple)) or not all(isinstance(u, str) and u for u in units):
+        raise ConfigError(
+            f"recipe {spec!r}: shard_units must be a tuple of module names such as ('layer1', 'layer2') "
+            f"or class names such as ('BasicBlock',) (got {units!r})"
+        )
     _check_metric_names(cls, spec)
     if not issubclass(cls, Recipe):
         # Duck-typed recipes get the base class's defaults (metrics, check, sections); as found
         # in its __dict__, so that the classmethod `check` binds to the recipe, not to Recipe.
-        for attr in ("Model", "Data", "defaults", "head", "description", "name", "check", "metrics", "metric_names"):
+        for attr in (
+            "Model",
+            "Data",
+            "defaults",
+            "head",
+            "description",
+            "name",
+            "check",
+            "metrics",
+            "metric_names",
+            "shard_units",
+        ):
             if not hasattr(cls, attr):
                 setattr(cls, attr, Recipe.__dict__[attr])
 

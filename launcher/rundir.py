@@ -4,6 +4,7 @@ Layout (a contract users script against)::
 
     <run.output_dir>/<recipe>/<run.name>/
         config.yaml          resolved config (written once by the parent, read by every worker)
+        plan.json            the resolved plan: strategy, device, processes (the workers do not resolve again)
         metrics.jsonl        one JSON object per log event
         checkpoints/step-N/  complete checkpoints carry a COMPLETE marker
         model.safetensors    final weights of the unwrapped model
@@ -42,6 +43,7 @@ from launcher.config import (
 from launcher.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
+PLAN_FILE = "plan.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
@@ -334,14 +336,31 @@ def global_batch_line(cfg: Config, processes: int) -> str:
     )
 
 
-def write_config(prepared: Prepared, cfg: Config, processes: int = 1) -> None:
-    """Create the run directory and write the resolved config (atomically)."""
+def write_config(prepared: Prepared, cfg: Config, plan) -> None:
+    """Create the run directory and write the resolved config and ``plan`` (a
+    :class:`launcher.plan.Plan`), each atomically. Every attempt writes its own plan: a resumed
+    run may use another strategy or process count."""
     path = prepared.run_dir.path
-    header = f"# written by `launch`; read by every worker\n# {global_batch_line(cfg, processes)}\n"
+    header = f"# written by `launch`; read by every worker\n# {global_batch_line(cfg, plan.world_size)}\n"
     try:
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(prepared.run_dir.config, header + to_yaml(cfg), private=holds_secrets(to_plain(cfg)))
+        write_atomic(path / PLAN_FILE, json.dumps(plan.to_dict(), indent=1) + "\n")
     except OSError as e:
         raise ConfigError(
             f"cannot write the run directory {path}: {e.strerror}; pass run.output_dir=<a writable directory>"
         ) from None
+
+
+def read_plan(path: Path) -> dict | None:
+    """``RUN_DIR/plan.json`` as written by :func:`write_config` (None for a run directory from
+    before it: the worker then goes by the config)."""
+    try:
+        plan = json.loads((Path(path) / PLAN_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read {Path(path) / PLAN_FILE} ({e}); start the run again with the same command"
+        ) from None
+    return plan if isinstance(plan, dict) else None

@@ -556,7 +556,7 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
     fresh = prepared.state == "new"
     created = missing_dirs(run_path)  # removed again if sbatch refuses: nothing is left behind
     try:
-        write_config(prepared, cfg, plan.world_size)
+        write_config(prepared, cfg, plan)
         (run_path / "logs").mkdir(exist_ok=True)  # Slurm does not create the output file's directory
         write_atomic(run_path / SCRIPT_FILE, script)
         (run_path / CANCELLED_MARKER).unlink(missing_ok=True)

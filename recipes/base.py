@@ -31,6 +31,10 @@ class Recipe:
         defaults: nested dict of recipe defaults for any section, e.g. ``{"train": {"lr": 0.05}}``.
         head: parameter-name prefixes of the task head (``["fc."]``); the rest is the backbone,
             which ``train.backbone_lr_mult`` scales.
+        shard_units: with ``--strategy fsdp``, the modules sharded as units of their own
+            (qualified names such as ``"layer1"`` or class names such as ``"BasicBlock"``);
+            empty: every module with children and at least 100k parameters. A name that is no
+            module of the model is refused before training.
         metric_names: the names :meth:`metrics` returns, e.g. ``("loss", "acc")``. The runtime
             reports each as ``train/<name>`` and ``val/<name>``; a name written with its split
             (``"val/wer"``) is one that split alone reports. Declared, a monitor
@@ -47,6 +51,7 @@ class Recipe:
     Data: ClassVar[type[DataSection]] = DataSection
     defaults: ClassVar[dict[str, Any]] = {}
     head: ClassVar[list[str]] = []
+    shard_units: ClassVar[tuple[str, ...]] = ()
     metric_names: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg: Any) -> None:

@@ -155,3 +155,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def kill_group_at_random(args: list[str], cwd: Path, run: Path, rng, times: int = 3, within: float = 1.0) -> int:
+    """Start ``launch ARGS`` in its own process group ``times`` times and SIGKILL the whole group
+    (launch, torchrun, every worker) at a random moment within ``within`` s after training has
+    started writing ``run``'s metrics. Returns how many kills hit a run that had a checkpoint."""
+    import signal
+
+    kills = 0
+    for _ in range(times):
+        proc = start(args, cwd, new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            m = run / "metrics.jsonl"
+            if m.exists() and m.stat().st_size > 0 and m.stat().st_mtime > proc.started:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, within))
+        if proc.poll() is None:
+            kills += has_checkpoint(cwd)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    return kills

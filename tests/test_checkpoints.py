@@ -210,15 +210,16 @@ OTHER_SHARD = "deepspeed/engine/zero_pp_rank_1_mp_rank_00_optim_states.pt"
 
 def _save(manager: CheckpointManager, root: Path, step: int, with_engine: bool = False) -> Path:
     engine = None
-    if with_engine:  # what DeepSpeed's save_engine leaves (every rank's share)
+    if with_engine:  # what DeepSpeed's save_shards leaves (every rank's share)
         engine = root / f".tmp-engine-{step}"
         (engine / "engine").mkdir(parents=True)
         for name in (SHARD, OTHER_SHARD):
             torch.save({"optimizer_state_dict": {"m": torch.randn(64)}}, root / name.replace("deepspeed", engine.name))
     state = {"optimizer": {"momentum": torch.randn(256)}}
     manager.save(
-        step, {"w": torch.randn(1024)}, state, [rng.capture(), rng.capture()], {"step": step}, "x: 1\n", engine
-    )
+        step, {"w": torch.randn(1024)}, state, [rng.capture(), rng.capture()], {"step": step}, "x: 1\n",
+        shards=("deepspeed", engine) if engine is not None else None,
+    )  # fmt: skip
     manager.wait()
     return root / "checkpoints" / f"step-{step}"
 
@@ -411,17 +412,29 @@ def test_resume_refuses_bad_checkpoints(case, tmp_path, monkeypatch, capfd):
 def _malicious_checkpoint(root: Path, poison: str, marker: Path) -> Path:
     """A checkpoint whose ``poison`` holds a pickled os.system payload, manifest rewritten to
     match (as anyone who can write the files can do). No config.yaml: nothing is compared
-    with the run's config before the files are read."""
+    with the run's config before the files are read. Sharded like the strategy that reads it:
+    a DeepSpeed engine directory, or DCP's ``dcp/`` (whose ``.metadata`` is a plain pickle)."""
+    import pickle
+
     manager = CheckpointManager(RunDir(root), 5, 0, "m", "min")
-    engine = root / ".engine"
-    (engine / "engine").mkdir(parents=True)
-    torch.save({"module": {}}, engine / "engine" / "mp_rank_00_model_states.pt")
+    shard_dir = "dcp" if poison.startswith("dcp/") else "deepspeed"
+    staged = root / ".shards"
+    if shard_dir == "dcp":
+        staged.mkdir(parents=True)
+        (staged / "__0_0.distcp").write_bytes(b"")
+        (staged / ".metadata").write_bytes(b"")
+    else:
+        (staged / "engine").mkdir(parents=True)
+        torch.save({"module": {}}, staged / "engine" / "mp_rank_00_model_states.pt")
     weights = {"0.weight": torch.zeros(16, 8), "0.bias": torch.zeros(16), "3.weight": torch.zeros(2, 16)}
     state = {"optimizer": {}, "scheduler": {}, "scaler": {}, "progress": {}, "trackers": {}}
-    manager.save(1, weights, state, [rng.capture(), rng.capture()], {"step": 1}, "", engine_dir=engine)
+    manager.save(1, weights, state, [rng.capture(), rng.capture()], {"step": 1}, "", shards=(shard_dir, staged))
     ckpt = root / "checkpoints" / "step-1"
     (ckpt / "config.yaml").unlink()
-    torch.save({"module": _Payload(marker), "torch": _Payload(marker)}, ckpt / poison)
+    if poison.endswith(".metadata"):
+        (ckpt / poison).write_bytes(pickle.dumps(_Payload(marker)))
+    else:
+        torch.save({"module": _Payload(marker), "torch": _Payload(marker)}, ckpt / poison)
     write_manifest(ckpt)
     return ckpt
 
@@ -435,6 +448,7 @@ STRATEGIES = [
         "deepspeed/engine/mp_rank_00_model_states.pt",
         id="deepspeed-engine",
     ),
+    pytest.param(["--strategy", "fsdp", "--procs", "2", "--device", "cpu"], "dcp/.metadata", id="fsdp-dcp-metadata"),
     pytest.param(
         ["--strategy", "dp", "--gpus", "1"],
         "state.pt",

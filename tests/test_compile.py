@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from launcher.runtime.env import DistEnv
-from launcher.runtime.strategy import Single
+from launcher.runtime.strategies.single import Single
 from tests.conftest import only_run_dir, read_jsonl, run_launch
 
 

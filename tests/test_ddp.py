@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time
@@ -13,7 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_same_weights, has_checkpoint, make_dirs, read_jsonl, run_launch, start
+from tests.conftest import (
+    assert_same_weights,
+    kill_group_at_random,
+    make_dirs,
+    read_jsonl,
+    run_launch,
+    start,
+)
 
 # no dropout and no noise: the per-rank random streams then cannot matter
 EXACT = ["model.dropout=0", "data.noise=0", "log.quiet=true", "train.log_every=1", "data.size=160"]
@@ -77,21 +83,7 @@ def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
     ref, killed = make_dirs(tmp_path, "ref", "killed")
     r = run_launch(args, ref)
     assert r.returncode == 0, r.stderr
-    rng = random.Random(11)
-    kills = 0
-    for _ in range(3):
-        proc = start(args, killed, new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            m = run_dir(killed, "r") / "metrics.jsonl"
-            if m.exists() and m.stat().st_size > 0 and m.stat().st_mtime > proc.started:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            kills += has_checkpoint(killed)
-            os.killpg(proc.pid, signal.SIGKILL)  # launch, torchrun and both workers
-        proc.communicate(timeout=60)
+    kills = kill_group_at_random(args, killed, run_dir(killed, "r"), random.Random(11))
     assert kills >= 1
     r = run_launch(args, killed)
     assert r.returncode == 0, r.stderr

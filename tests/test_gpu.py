@@ -28,8 +28,22 @@ def summary(cwd, name):
         ["--strategy", "dp", "--device", "cuda"],
         ["--gpus", "1", "--strategy", "ddp"],
         ["--gpus", "1", "--strategy", "deepspeed", "--precision", "bf16-mixed"],
+        ["--gpus", "1", "--strategy", "fsdp", "--precision", "bf16-mixed"],
+        ["--gpus", "1", "--strategy", "fsdp", "--precision", "fp16-mixed", "checkpoint.async=true"],
+        ["--gpus", "1", "--strategy", "fsdp", "fsdp.cpu_offload=true"],
     ],
-    ids=["fp32", "bf16", "fp16", "bf16-channels-last", "dp", "ddp-nccl", "deepspeed"],
+    ids=[
+        "fp32",
+        "bf16",
+        "fp16",
+        "bf16-channels-last",
+        "dp",
+        "ddp-nccl",
+        "deepspeed",
+        "fsdp-bf16",
+        "fsdp-fp16",
+        "fsdp-offload",
+    ],
 )
 def test_cuda_paths_train(tmp_path, extra):
     r = run_launch(

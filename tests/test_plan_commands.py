@@ -55,6 +55,12 @@ def test_world_size_is_procs_times_nodes():
         ([("train.precision", "fp16-mixed"), ("dist.device", "mps")], "fp16-mixed is not supported on MPS"),
         ([("dist.nodes", "2")], "--nodes 2 needs a cluster"),
         ([("slurm.enabled", "true"), ("dist.strategy", "accelerate")], "not supported with --slurm"),
+        ([("dist.strategy", "fsdp"), ("log.tensorboard.histograms", "true")], "histograms=true is not supported"),
+        ([("dist.strategy", "fsdp"), ("dist.device", "cpu"), ("fsdp.cpu_offload", "true")], "needs CUDA GPUs"),
+        ([("dist.strategy", "ddp"), ("fsdp.reshard_after_forward", "false")], "act only with --strategy fsdp"),
+        ([("dist.strategy", "fsdp"), ("dist.device", "mps")], "--strategy fsdp does not run on mps"),
+        ([("dist.strategy", "fsdp"), ("train.precision", "bf16-true")], "not supported with fsdp"),
+        ([("dist.strategy", "deepspeed"), ("train.compile", "true")], "not supported with deepspeed"),
     ],
 )
 def test_plan_refuses_what_it_cannot_run(pairs, needle):
@@ -191,6 +197,16 @@ def test_deepspeed_section_is_validated():
         cfg_with(("deepspeed.stage", "2"), ("deepspeed.offload_param", "true"))
     with pytest.raises(ConfigError, match="deepspeed.stage"):
         cfg_with(("deepspeed.stage", "4"))
+
+
+def test_auto_is_settled_in_the_parent_for_a_local_run_and_left_to_the_workers_under_slurm():
+    assert make_plan(cfg_with(), gpus=0).device == "cpu"
+    assert make_plan(cfg_with(("dist.strategy", "fsdp"), ("dist.procs", "2")), gpus=2).device == "cuda"
+    assert make_plan(cfg_with(("slurm.enabled", "true")), gpus=None).device == "auto"  # GPUs on the compute node
+    plan = make_plan(cfg_with(("dist.strategy", "fsdp"), ("dist.procs", "2")), gpus=0)
+    assert plan.to_dict() == {
+        "strategy": "fsdp", "device": "cpu", "procs_per_node": 2, "nodes": 1, "launcher": "torchrun", "world_size": 2
+    }  # fmt: skip
 
 
 def test_accelerate_auto_device_is_settled_in_the_parent_and_fp16_refused_on_cpu():

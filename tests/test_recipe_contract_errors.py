@@ -103,6 +103,7 @@ def test_the_template_itself_is_a_valid_recipe(tmp_path):
         ("metric_names = 'loss'\n", "metric_names must be a tuple of the names metrics() returns"),
         ("metric_names = ('loss', 'time/step')\n", "metric_names must be a tuple of the names metrics() returns"),
         ("metric_names = ()\n", "metric_names must be a tuple"),
+        ("shard_units = 'layer1'\n", "shard_units must be a tuple of module names"),
     ],
     ids=[
         "step-args",
@@ -119,6 +120,7 @@ def test_the_template_itself_is_a_valid_recipe(tmp_path):
         "metric_names-str",
         "metric_names-split",
         "metric_names-empty",
+        "shard_units-str",
     ],
 )
 def test_each_broken_piece_is_named(tmp_path, code, expect):

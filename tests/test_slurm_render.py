@@ -367,12 +367,13 @@ def test_a_missing_rendezvous_fails_in_bounded_time_with_a_message(tmp_path, ran
     import time
 
     from launcher.hardware import free_port
+    from launcher.plan import make_plan
     from launcher.rundir import inspect_run_dir, write_config
 
     recipe = load_recipe(TINY)
     cfg = resolve(recipe, [], [("recipe", TINY), ("dist.procs", "2"), ("dist.timeout_s", "5"), ("log.quiet", "true")])
     run_dir = tmp_path / "run"
-    write_config(inspect_run_dir(cfg, run_dir), cfg, 2)
+    write_config(inspect_run_dir(cfg, run_dir), cfg, make_plan(cfg, gpus=0))
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WANDB_MODE": "disabled"}  # fmt: skip
     started = time.time()

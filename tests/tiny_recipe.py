@@ -88,3 +88,14 @@ class Tiny(Recipe):
         loss = torch.nn.functional.cross_entropy(logits, y)
         n = y.shape[0]
         return loss, {"loss": loss.detach() * n, "correct": (logits.argmax(1) == y).sum(), "count": n}
+
+
+class TinySharded(Tiny):
+    """For FSDP tests: each Linear is a shard unit of its own (so small a model is below the
+    default policy's threshold, which would shard only the root)."""
+
+    shard_units = ("0", "2")
+
+
+class TinyBadUnits(Tiny):
+    shard_units = ("encoder",)  # no such module: one line, exit 2

@@ -8,6 +8,8 @@ A checkpoint is a directory ``checkpoints/step-N/``::
     meta.json           step, epoch and metrics, for retention and for humans
     config.yaml         the resolved config it was trained with
     deepspeed/          DeepSpeed's engine state (``--strategy deepspeed`` only), every rank's share
+    dcp/                FSDP's sharded model and optimizer (``--strategy fsdp`` only), written by every
+                        rank with torch.distributed.checkpoint; such a checkpoint has no model.safetensors
     COMPLETE            written last: only directories with this marker are ever loaded
 
 Writing goes to a hidden temporary directory, every file is fsynced, the directory is renamed
@@ -70,6 +72,7 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.yaml"
 ENGINE_DIR = "deepspeed"  # engine-owned state (DeepSpeed), written by every rank
+SHARD_DIRS = (ENGINE_DIR, "dcp")  # where every rank writes its share (a strategy's ``shard_dir``)
 
 
 def rng_file(rank: int) -> str:
@@ -80,6 +83,14 @@ class CorruptCheckpoint(Exception):
     """A checkpoint that cannot be read or does not verify (truncated, partial, damaged)."""
 
 
+class CheckpointWriteError(Exception):
+    """A background write of shards failed (raised from its future)."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 # ---------------------------------------------------------------------------- manifest
 # zlib's CRC-32: about twice sha256's speed and four times blake2b's here (docs/performance.md).
 # It detects damage; it is no signature (see the module docstring).
@@ -87,6 +98,7 @@ CHECKSUM = "crc32"
 MARKER_TMP = COMPLETE_MARKER + ".tmp"
 _CHUNK = 1 << 22  # bytes read at a time: the page-cache copy stays in the CPU caches
 _SHARD_RANK = re.compile(r"zero_pp_rank_(\d+)_")  # DeepSpeed's per-rank files (ZeRO shards)
+_DCP_RANK = re.compile(r"__(\d+)_\d+\.distcp")  # torch.distributed.checkpoint's per-rank files
 _RNG_RANK = re.compile(r"rng-rank(\d+)\.pt")
 
 
@@ -184,8 +196,13 @@ def read_manifest(path: Path) -> dict[str, tuple[int, str]] | None:
 
 def _reads(rel: str, rank: int) -> bool:
     """Does rank ``rank`` read this file of a checkpoint? (Each rank verifies what it reads:
-    the shared files, its own RNG file and its own ZeRO shards.)"""
-    m = _RNG_RANK.fullmatch(rel) or (_SHARD_RANK.search(rel) if rel.startswith(ENGINE_DIR + "/") else None)
+    the shared files, its own RNG file and its own ZeRO or DCP shards; after a change of the
+    process count DCP reads other ranks' shards too: those are checked for size.)"""
+    m = (
+        _RNG_RANK.fullmatch(rel)
+        or (_SHARD_RANK.search(rel) if rel.startswith(ENGINE_DIR + "/") else None)
+        or (_DCP_RANK.search(rel) if rel.startswith("dcp/") else None)
+    )
     return m is None or int(m.group(1)) == rank
 
 
@@ -374,6 +391,7 @@ class CheckpointManager:
         self._error: BaseException | None = None
         self._staging: Any = None  # CPU copy of the last async save, reused by the next
         self.damaged: set[str] = set()  # checkpoints load_latest skipped: a save at their step replaces them
+        self.pending: Any = None  # ranks other than 0: the background write of this rank's shards
 
     # ------------------------------------------------------------------ writing
     def save(
@@ -384,11 +402,16 @@ class CheckpointManager:
         rngs: list[dict[str, Any]],
         meta: dict[str, Any],
         config_text: str,
-        engine_dir: Path | None = None,
+        shards: tuple[str, Path] | None = None,
+        pending: Any = None,
     ) -> Path:
         """Write ``step-N`` atomically (in the background with ``async_write``); returns its path.
 
         ``rngs`` holds every rank's RNG states (gathered on rank 0), written as ``rng-rank<R>.pt``.
+        ``model_state`` None: no model.safetensors (the shards hold the model). ``shards``:
+        (name inside the checkpoint, staging directory every rank wrote its share into);
+        ``pending``: the future of that write when it goes on in the background (waited for
+        before the checkpoint is renamed and marked complete).
 
         Raises LaunchError if the disk refuses."""
         self.wait()
@@ -396,12 +419,14 @@ class CheckpointManager:
         if self.is_complete(step):
             return final  # already saved at this step (e.g. epoch end == every_steps)
         if not self.async_write:
-            self._write(step, model_state, state, rngs, meta, config_text, engine_dir)
+            self._write(step, model_state, state, rngs, meta, config_text, shards, pending)
             return final
         # safe to overwrite: wait() above guarantees the previous write has finished
         payload = self._staging = copy_to_cpu((model_state, state, rngs), self._staging)
         self._thread = threading.Thread(
-            target=self._write_in_background, args=(step, *payload, meta, config_text), name=f"checkpoint-{step}"
+            target=self._write_in_background,
+            args=(step, *payload, meta, config_text, shards, pending),
+            name=f"checkpoint-{step}",
         )
         self._thread.start()
         return final
@@ -412,7 +437,16 @@ class CheckpointManager:
         return name not in self.damaged and (self.root / name / COMPLETE_MARKER).is_file()
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is complete; re-raise its error."""
+        """Block until the save in flight (if any) is complete; re-raise its error. On ranks
+        other than 0: until this rank's share of it (``pending``) is written."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            try:
+                pending.result()
+            except BaseException as e:  # (DCP's CheckpointException is a BaseException)
+                raise LaunchError(
+                    f"cannot write this rank's checkpoint shards in {self.root}: {_first_line(e)}"
+                ) from None
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -426,24 +460,30 @@ class CheckpointManager:
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
 
-    def _write(self, step, model_state, state, rngs, meta, config_text, engine_dir=None) -> None:
+    def _write(self, step, model_state, state, rngs, meta, config_text, shards=None, pending=None) -> None:
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
         tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(model_state).items()}
-            save_file(tensors, str(tmp / MODEL_FILE))
+            if model_state is not None:
+                tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(model_state).items()}
+                save_file(tensors, str(tmp / MODEL_FILE))
+                os.chmod(tmp / MODEL_FILE, file_mode())  # (safetensors creates 0600 files)
             torch.save({K_FORMAT: FORMAT_VERSION, **state}, tmp / STATE_FILE)
             for rank, rng in enumerate(rngs):
                 torch.save(rng, tmp / rng_file(rank))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=float))
             (tmp / CONFIG_FILE).write_text(config_text)
-            os.chmod(tmp / MODEL_FILE, file_mode())  # (safetensors creates 0600 files)
             if self.private_config:  # the config holds a credential (rundir.file_mode)
                 os.chmod(tmp / CONFIG_FILE, file_mode(private=True))
-            if engine_dir is not None:
-                os.rename(engine_dir, tmp / ENGINE_DIR)
+            if shards is not None:
+                if pending is not None:  # every rank's share (rank 0's DCP future completes after all of them)
+                    try:
+                        pending.result()
+                    except BaseException as e:  # (DCP's CheckpointException is a BaseException)
+                        raise CheckpointWriteError(_first_line(e)) from None
+                os.rename(shards[1], tmp / shards[0])
             # every file is read back (from the page cache) for its checksum, then fsynced
             files = _manifest(tmp, fsync=True, checksums=self.checksums)
             _fsync_dir(tmp)
@@ -459,11 +499,11 @@ class CheckpointManager:
                 marker.write_text(f"{step}\n")
                 _fsync_file(marker)
                 _fsync_dir(final)
-        except (OSError, RuntimeError, SafetensorError) as e:  # ENOSPC, EFBIG, EACCES... in any writer
+        except (OSError, RuntimeError, SafetensorError, CheckpointWriteError) as e:  # ENOSPC, EFBIG, EACCES...
             shutil.rmtree(tmp, ignore_errors=True)
-            if engine_dir is not None:
-                shutil.rmtree(engine_dir, ignore_errors=True)
-            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            if shards is not None:
+                shutil.rmtree(shards[1], ignore_errors=True)
+            reason = getattr(e, "strerror", None) or _first_line(e)
             raise LaunchError(
                 f"cannot write checkpoint step-{step} in {self.root}: {reason}; "
                 "free disk space or fix permissions, then run the same command again to resume "
@@ -517,19 +557,27 @@ class CheckpointManager:
         verified: set[str] = set()
         rng_name = rng_file(rank)
         if manifest is not None:
+            sharded = any(rel.split("/", 1)[0] in SHARD_DIRS for rel in manifest)
             for rel in (MODEL_FILE, STATE_FILE, rng_name, CONFIG_FILE):
-                if rel not in manifest and (rel in (MODEL_FILE, STATE_FILE) or (path / rel).exists()):
+                required = rel == STATE_FILE or (rel == MODEL_FILE and not sharded)
+                if rel not in manifest and (required or (path / rel).exists()):
                     raise CorruptCheckpoint(f"{rel}: not in the manifest")
             verified = verify(path, manifest, rank)
-        try:
-            model = load_file(str(path / MODEL_FILE))
-        except Exception as e:
-            raise CorruptCheckpoint(f"{MODEL_FILE}: {e}") from None
+        model = None
+        if (path / MODEL_FILE).exists() or not any((path / d).is_dir() for d in SHARD_DIRS):
+            try:
+                model = load_file(str(path / MODEL_FILE))
+            except Exception as e:
+                raise CorruptCheckpoint(f"{MODEL_FILE}: {e}") from None
         state = _load_member(path, STATE_FILE)
         rng = _load_member(path, rng_name) if (path / rng_name).is_file() else None
         if not isinstance(state, dict) or state.get(K_FORMAT) != FORMAT_VERSION:
             raise CorruptCheckpoint(f"{STATE_FILE} is not a checkpoint state of this tool")
-        return {"model": model, "state": state, "rng": rng, "path": path, "manifest": manifest, "verified": verified}
+        meta = CheckpointManager.read_meta(path)
+        return {
+            "model": model, "state": state, "rng": rng, "path": path, "meta": meta,
+            "manifest": manifest, "verified": verified,
+        }  # fmt: skip
 
     def load_agreed(self, path: Path, world: Any = None) -> tuple[dict[str, Any] | None, str | None]:
         """:meth:`load` on every rank, and the ranks agree: (loaded, None) where every rank's

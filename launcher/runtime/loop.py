@@ -122,7 +122,7 @@ class Trainer:
         if self.p.loggers is not None:
             self.trackers.metrics_offset = self.p.loggers.offset()
         return {
-            ckpt.K_OPTIMIZER: {} if self.p.strategy.owns_checkpoint_state else self.p.optimizer.state_dict(),
+            ckpt.K_OPTIMIZER: self.p.strategy.optimizer_state(self.p.optimizer),
             ckpt.K_SCHEDULER: sched.state_dict() if sched is not None else {},
             ckpt.K_SCALER: self.p.precision.state_dict(),
             ckpt.K_PROGRESS: {**asdict(self.progress), "wall_time": self.wall_time(), "world_size": self.p.world_size},
@@ -141,25 +141,8 @@ class Trainer:
         }
 
     def load(self, loaded: dict[str, Any]) -> None:
-        strategy = self.p.strategy
         state = loaded["state"]
-        if strategy.owns_checkpoint_state:
-            strategy.load_engine(str(loaded["path"] / ckpt.ENGINE_DIR), ckpt.EngineLoads(loaded))
-        else:
-            if not state[ckpt.K_OPTIMIZER]:
-                raise LaunchError(
-                    f"checkpoint {loaded['path']} was written by DeepSpeed (optimizer state in its engine); "
-                    "resume it with --strategy deepspeed, or start from its weights with model.init_from=..."
-                )
-            try:
-                strategy.unwrap(self.p.model).load_state_dict(loaded["model"])
-            except RuntimeError as e:
-                first = str(e).splitlines()[0]
-                raise LaunchError(
-                    f"checkpoint {loaded['path']} does not fit this model ({first}); "
-                    "it was saved by a different recipe or architecture"
-                ) from None
-            self.p.optimizer.load_state_dict(state[ckpt.K_OPTIMIZER])
+        self.p.strategy.load_state(loaded, self.p.model, self.p.optimizer)
         if self.p.scheduler is not None and state[ckpt.K_SCHEDULER]:
             self.p.scheduler.load_state_dict(state[ckpt.K_SCHEDULER])
         self.p.precision.load_state_dict(state[ckpt.K_SCALER])
@@ -222,21 +205,26 @@ class Trainer:
     def _save(self) -> None:
         """Every rank calls this at the same step: RNG states are gathered on rank 0, which writes.
 
-        With a strategy whose engine owns the model/optimizer state (DeepSpeed), every rank
-        first writes its share into a staging directory that becomes ``deepspeed/`` inside the
-        checkpoint, before the checkpoint is renamed and marked complete."""
+        With a strategy that shards model/optimizer state (``shard_dir``: DeepSpeed, FSDP), every
+        rank first writes its share into a staging directory that becomes ``shard_dir`` inside
+        the checkpoint (in the background with ``checkpoint.async``: rank 0's writer waits for
+        it), before the checkpoint is renamed and marked complete."""
         p, s = self.p, self.p.strategy
         step = self.progress.global_step
-        rngs = s.gather(rng.capture())
-        engine_dir = None
-        if s.owns_checkpoint_state:
+        p.checkpoints.wait()  # every rank: at most one save in flight (its own share of it too)
+        rngs = s.comm.gather(rng.capture())
+        shards = pending = None
+        if s.shard_dir is not None:
             if p.checkpoints.is_complete(step):
                 return
-            engine_dir = p.checkpoints.root / s.broadcast(f".tmp-engine-{step}-{uuid.uuid4().hex[:8]}")
-            s.save_engine(str(engine_dir))
-            s.barrier()
-        model_state = s.model_state(p.model)  # collective under ZeRO-3
+            staging = p.checkpoints.root / s.comm.broadcast(f".tmp-{s.shard_dir}-{step}-{uuid.uuid4().hex[:8]}")
+            pending = s.save_shards(staging, p.model, p.optimizer, background=p.checkpoints.async_write)
+            if pending is None:
+                s.comm.barrier()  # every share is on disk
+            shards = (s.shard_dir, staging)
+        model_state = s.checkpoint_weights(p.model)  # collective under ZeRO-3
         if not s.is_main:
+            p.checkpoints.pending = pending  # (waited for at the next save)
             return
         meta = {
             "step": step,
@@ -248,7 +236,9 @@ class Trainer:
             "strategy": s.name,
             "metrics": {**self.trackers.last_train, **self.trackers.last_val},
         }
-        p.checkpoints.save(step, model_state, self.state(), rngs, meta, to_yaml(self.cfg), engine_dir=engine_dir)
+        p.checkpoints.save(
+            step, model_state, self.state(), rngs, meta, to_yaml(self.cfg), shards=shards, pending=pending
+        )
 
     # ------------------------------------------------------------------ metrics
     def _add_window(self, sums: dict[str, Any]) -> None:
@@ -283,15 +273,11 @@ class Trainer:
 
     def _grad_norm(self) -> Any:
         """Global L2 norm of the gradients of the step just taken (at logging steps only, on the
-        device: no sync until it is logged). DeepSpeed keeps its own (partitioned) gradients."""
-        engine = getattr(self.p.strategy, "engine", None)
-        if engine is not None:
-            return engine.get_global_grad_norm()
-        grads = [q.grad for q in self.params if q.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else None
+        device: no sync until it is logged), as the strategy computes it (over shards)."""
+        return self.p.strategy.grad_norm(self.params)
 
     def _log_train(self) -> None:
-        totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
+        totals = self.p.strategy.comm.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
         metrics = {f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()}
         self._check_losses(metrics)
         prog, t = self.progress, self.trackers
@@ -346,7 +332,7 @@ class Trainer:
     def _check_window(self) -> None:
         """The training loss of the steps not logged yet (before an evaluation or a checkpoint)."""
         if self.window:
-            totals = self.p.strategy.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
+            totals = self.p.strategy.comm.reduce_sums({k: _scalar(v) for k, v in fold_window(self.window).items()})
             self._check_losses({f"train/{k}": v for k, v in self.p.recipe.metrics(totals).items()})
 
     def _end_epoch(self) -> None:
@@ -383,9 +369,11 @@ class Trainer:
                     _, s = p.recipe.step(model, batch)
                 for k, v in s.items():
                     sums[k] = sums[k] + v if k in sums else v
+            if p.strategy.collective_forward:
+                self._match_forwards(model, len(p.val_loader))
         model.train(was_training)
         rng.restore(saved_rng)
-        totals = p.strategy.reduce_sums({k: _scalar(v) for k, v in sums.items()})
+        totals = p.strategy.comm.reduce_sums({k: _scalar(v) for k, v in sums.items()})
         metrics = {f"val/{k}": v for k, v in p.recipe.metrics(totals).items()}
         self._check_losses(metrics)
         t.last_val, t.last_eval_step = metrics, self.progress.global_step
@@ -398,6 +386,20 @@ class Trainer:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             p.console.write(f"step {self.progress.global_step} epoch {self.progress.epoch}: {shown}")
         return self._track(metrics)
+
+    def _match_forwards(self, model: torch.nn.Module, done: int) -> None:
+        """Where a forward is a collective (FSDP gathers parameters), every rank must run as
+        many as the rank with the most evaluation batches: the others repeat one sample and
+        drop the result."""
+        p = self.p
+        extra = p.strategy.comm.max_int(done) - done
+        if extra <= 0:
+            return
+        loader = p.val_loader
+        batch = p.precision.convert_input(to_device(loader.collate_fn([loader.dataset[0]]), p.strategy.device))
+        for _ in range(extra):
+            with p.precision.autocast():
+                p.recipe.step(model, batch)
 
     def _metric(self, metrics: dict[str, float], name: str, key: str) -> float:
         available = {**self.trackers.last_train, **metrics}
@@ -423,7 +425,7 @@ class Trainer:
                 t.es_bad_evals += 1
             if t.es_bad_evals >= es.patience:
                 t.early_stopped = True
-        return self.p.strategy.any(t.early_stopped)
+        return self.p.strategy.comm.any(t.early_stopped)
 
     # ------------------------------------------------------------------ the loop
     def steps_per_epoch(self) -> int:
@@ -453,14 +455,13 @@ class Trainer:
         finished = self.trackers.early_stopped or prog.global_step >= max_steps
         stop = p.stop
         # one process looks at its flag every step; ranks must agree (a collective, so not every step)
-        stop_check = StopCheck(p.strategy, stop, prog.global_step) if p.world_size > 1 else None
+        stop_check = StopCheck(p.strategy.comm, stop, prog.global_step) if p.world_size > 1 else None
         clock = time.perf_counter
         # bound once: the loop below runs every step, and small models expose every lookup
         autocast, backward, optimizer_step = precision.autocast, precision.backward, precision.step
         # (not recipe.step: it is a checking stand-in until its first call returns, then steps aside)
         zero_grad, add_window = optimizer.zero_grad, self._add_window
         progress_bar = p.console.update
-        is_main = p.strategy.is_main
         loggers = p.loggers
         hist_every = loggers.histogram_every if loggers is not None else 0
         unwrapped = p.strategy.unwrap(model) if hist_every else None
@@ -470,7 +471,7 @@ class Trainer:
         self.attempt_start_step = prog.global_step
         # a stop requested while the run was being set up (or recorded by the Slurm batch script
         # before the workers could receive it): the ranks agree, and nothing is trained
-        if p.strategy.any(stop.check_request_file()):
+        if p.strategy.comm.any(stop.check_request_file()):
             return self._stop()
 
         while not finished and prog.epoch < t.epochs:
@@ -503,7 +504,7 @@ class Trainer:
                 upcoming = prog.global_step + 1
                 if norm is not None:
                     self.grad_norm, self.grad_norm_step = norm, upcoming
-                elif is_main and upcoming % log_every == 0:
+                elif upcoming % log_every == 0:  # (every rank: over shards it is a collective)
                     self.grad_norm, self.grad_norm_step = self._grad_norm(), upcoming
                 if hist_every and upcoming % hist_every == 0:
                     loggers.histograms(unwrapped, upcoming)
@@ -531,7 +532,7 @@ class Trainer:
                     finished = True
                 self._end_epoch()
                 self.save()
-                if p.strategy.any(p.stop.requested):
+                if p.strategy.comm.any(p.stop.requested):
                     return self._stop()
         if self.window:
             self._log_train()

@@ -15,22 +15,16 @@ import torch
 from launcher.errors import LaunchError
 
 
-def check_supported(name: str, device: torch.device, engine: str | None = None) -> None:
-    """Refuse what would not run as named. ``engine``: a library that owns precision itself
-    (Accelerate, DeepSpeed), which on the CPU ignores or refuses fp16; ours runs float16 autocast
-    with ``torch.amp.GradScaler("cpu")`` there (correct, usually slower than fp32)."""
-    if name == "fp16-mixed" and device.type not in ("cuda", "cpu"):
-        raise LaunchError(
-            f"train.precision=fp16-mixed is not supported on {device.type}; use --precision bf16-mixed or fp32"
-        )
-    if name == "fp16-mixed" and device.type == "cpu" and engine is not None:
-        raise LaunchError(
-            f"train.precision=fp16-mixed on the CPU is not supported with {engine}; use --strategy ddp, "
-            "--precision bf16-mixed or fp32, or a CUDA GPU"
-        )
+def check_supported(name: str, device: torch.device) -> None:
+    """What only this machine can tell (the parent checked every combination already:
+    launcher/capabilities.py): bfloat16 on this GPU."""
     if name.startswith("bf16") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LaunchError(
             f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 support; use --precision fp16-mixed or fp32"
+        )
+    if name == "fp16-mixed" and device.type not in ("cuda", "cpu"):
+        raise LaunchError(
+            f"train.precision=fp16-mixed is not supported on {device.type}; use --precision bf16-mixed or fp32"
         )
 
 
@@ -46,13 +40,20 @@ def cast_floats(batch: Any, dtype: torch.dtype) -> Any:
 
 
 class Precision:
-    def __init__(self, name: str, device: torch.device) -> None:
+    """Ours (single, dp, ddp, fsdp). ``autocast``: False where the strategy casts itself (FSDP2's
+    mixed-precision policy); ``scaler``: a GradScaler for fp16-mixed (default: torch's for the
+    device); ``grad_norm``: the global gradient norm (sharded strategies reduce over shards)."""
+
+    def __init__(self, name: str, device: torch.device, *, autocast: bool = True, scaler=None, grad_norm=None) -> None:
         check_supported(name, device)
         self.name = name
         self.device = device
-        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16-mixed" else None
+        if name == "fp16-mixed" and scaler is None:
+            scaler = torch.amp.GradScaler(device.type)
+        self.scaler = scaler if name == "fp16-mixed" else None
         dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(name)
-        self._dtype = dtype
+        self._dtype = dtype if autocast else None
+        self._norm = grad_norm or total_norm
 
     def autocast(self):
         if self._dtype is None:
@@ -82,13 +83,20 @@ class Precision:
         if self.scaler is not None:
             if grad_clip:
                 self.scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = self._clip(params, grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
             if grad_clip:
-                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = self._clip(params, grad_clip)
             optimizer.step()
+        return norm
+
+    def _clip(self, params, grad_clip: float) -> torch.Tensor | None:
+        """What ``clip_grad_norm_`` does, with the strategy's global norm (over shards)."""
+        norm = self._norm(params)
+        if norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
         return norm
 
     def state_dict(self) -> dict:
@@ -97,6 +105,11 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def total_norm(params) -> torch.Tensor | None:
+    grads = [q.grad for q in params if q.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None
 
 
 _NULL = nullcontext()  # reusable: no object per step

@@ -31,7 +31,7 @@ from launcher import yamlio
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
 from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
-from launcher.rundir import EXIT_CODE_FILE, RunDir, file_mode, global_batch_line, holds_secrets, write_atomic
+from launcher.rundir import EXIT_CODE_FILE, RunDir, file_mode, global_batch_line, holds_secrets, read_plan, write_atomic
 from launcher.runlock import RunBusy
 from launcher.signals import PARENT_ENV
 from launcher.startup import imports_without_gc
@@ -82,7 +82,7 @@ def own_run_dir(rd: RunDir, env, strategy) -> None:
             )  # fmt: skip
         except LaunchError as e:
             refused = e
-    if strategy.any(refused is not None):
+    if strategy.comm.any(refused is not None):
         raise refused or RunBusy(f"{rd.path} is in use by another run (rank 0 could not own it)")
 
 
@@ -91,6 +91,15 @@ def _tell_launch_bad_input(rd: RunDir) -> None:
     ``.exit_code`` saying this was bad input (exit 2). Run in-process, nobody would read it."""
     if os.environ.get(PARENT_ENV) == str(os.getppid()):
         write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
+
+
+def _unmark_completed(rd: RunDir, e: LaunchError) -> None:
+    """A completed run that a new train.epochs / train.max_steps was to extend: its config.yaml
+    already holds them, so a refused attempt must not leave the run looking complete at them
+    (the same command would then say "already complete" instead of trying again)."""
+    summary = rd.read_summary()
+    if summary and summary.get("status") == "completed":
+        write_summary(rd, {**summary, "status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
 
 
 def json_safe(value):
@@ -121,7 +130,7 @@ def main(run_dir: str) -> int:
         import torch  # noqa: F401  (first torch import of a single-process run happens here)
         import torch._dynamo  # noqa: F401  (every torch.optim optimizer imports it: here, without GC passes)
 
-        from launcher.runtime import checkpoint, loggers, loop, optim, strategy  # noqa: F401
+        from launcher.runtime import checkpoint, loggers, loop, optim, strategies  # noqa: F401
         from launcher.runtime.env import DistEnv, torch_env_from_slurm
 
     rd = RunDir(Path(run_dir))
@@ -142,7 +151,7 @@ def main(run_dir: str) -> int:
         if not quiet:
             _say(f"launch: {msg}")
 
-    from launcher.runtime.strategy import make_strategy, resolve_device
+    from launcher.runtime.strategies import make_strategy, resolve_device
     from launcher.signals import STOP_FILE_ENV, StopFlag
 
     stop = StopFlag().install()  # (takes over a stop requested before this point)
@@ -150,8 +159,9 @@ def main(run_dir: str) -> int:
         stop.request_file = Path(os.environ[STOP_FILE_ENV])  # written by the Slurm batch script
     strategy = None
     try:
-        device = resolve_device(cfg.dist.device, env)
-        strategy = make_strategy(cfg.dist.strategy, env, device, cfg)
+        plan = read_plan(rd.path) or {}  # what the parent resolved (run directories before plan.json: the config)
+        device = resolve_device(plan.get("device", cfg.dist.device), env)
+        strategy = make_strategy(plan.get("strategy", cfg.dist.strategy), env, device, cfg)
         if under_slurm:
             own_run_dir(rd, env, strategy)  # (a local run is owned by `launch` instead)
         parts, trainer, resumed_from = build(cfg, recipe_cls, rd, env, strategy, stop, info)
@@ -172,6 +182,7 @@ def main(run_dir: str) -> int:
         elif env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
         elif env.is_main:
+            _unmark_completed(rd, e)
             _tell_launch_bad_input(rd)
         if strategy is not None:
             strategy.teardown()
@@ -186,7 +197,7 @@ def main(run_dir: str) -> int:
     try:
         status, code = trainer.fit()
         if status == "completed":
-            weights = strategy.model_state(parts.model)  # collective under ZeRO-3
+            weights = strategy.full_weights(parts.model)  # collective where state is sharded
             if env.is_main:
                 export_model(weights, cfg, rd)
     except LaunchError as e:
@@ -322,7 +333,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     # loop sets); the choice is timed, so it is off for run.deterministic.
     torch.backends.cudnn.benchmark = not cfg.run.deterministic
     device = strategy.device
-    precision = strategy.make_precision(cfg.train.precision, device)
+    precision = strategy.make_precision(cfg.train.precision)
     if precision.name == "fp16-mixed" and device.type == "cpu":
         info("fp16-mixed on the CPU: float16 autocast with a GradScaler; correct, usually slower than fp32 on CPUs")
 
@@ -333,7 +344,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     if getattr(cfg.model, "init_from", None):
         _load_init_weights(model, cfg.model.init_from)
     model = precision.convert_model(model).to(device)
-    model = strategy.wrap(model)
+    model = strategy.wrap(model, tuple(recipe.shard_units))  # (FSDP's units; the others ignore them)
     if env.world_size > 1:
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
@@ -373,14 +384,14 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         world_size=env.world_size,
     )
     trainer = Trainer(parts)
-    torch_optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate wraps it
+    torch_optimizer = strategy.torch_optimizer(optimizer)  # (Accelerate and DeepSpeed wrap it)
     parts.scheduler = build_scheduler(
         torch_optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode,
         warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
     )  # fmt: skip
     trainer.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
-    loaded = find_resume(cfg, manager, rd, info, strategy)
+    loaded = find_resume(cfg, manager, rd, info, strategy.comm)
     resumed_from = None
     if loaded is not None:
         check_resume_config(cfg, loaded)
@@ -424,17 +435,17 @@ def _loader(cfg, recipe, env, device, dataset, train: bool):
     return sampler, loader
 
 
-def find_resume(cfg, manager, rd: RunDir, info, strategy=None):
-    """The checkpoint to resume from (every rank agrees on it: ``strategy``), or None. A damaged
+def find_resume(cfg, manager, rd: RunDir, info, comm=None):
+    """The checkpoint to resume from (every rank agrees on it: ``comm``), or None. A damaged
     checkpoint of this run is skipped with a warning; a damaged run.resume=PATH is bad input."""
     resume = cfg.run.resume
     if resume == "never":
         return None
     otherwise = "starting fresh" if resume == "auto" else f"resuming from run.resume={resume}"
-    loaded = manager.load_latest(warn=_say, world=strategy, otherwise=otherwise)
+    loaded = manager.load_latest(warn=_say, world=comm, otherwise=otherwise)
     if loaded is not None or resume == "auto":
         return loaded
-    loaded, damaged = manager.load_agreed(Path(resume), strategy)
+    loaded, damaged = manager.load_agreed(Path(resume), comm)
     if damaged is not None:
         raise LaunchError(
             f"run.resume={resume} is not a complete, readable checkpoint ({damaged}); "
