@@ -1,0 +1,93 @@
+# Frozen copy of tests/tiny_recipe.py as of commit 5108928 (the release the fixtures in this
+# folder were written by). Kept apart so that later edits of tests/tiny_recipe.py cannot change
+# what these legacy run directories must reproduce. Do not edit.
+"""A tiny recipe for fast tests: an MLP with dropout on synthetic data with random noise
+augmentation (so exact resume must restore RNG and data order). Also exercises the
+``recipe=path/to/file.py:Class`` path of user recipes."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from launcher.config import DataSection, ModelSection
+from recipes.base import Recipe
+
+
+class TinyModel(ModelSection):
+    hidden: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TinyData(DataSection):
+    name: str = "synthetic"
+    size: int = Field(96, ge=4)
+    features: int = Field(8, ge=1)
+    noise: float = Field(0.1, ge=0)
+    fail_at_item: int = Field(-1, description="raise in __getitem__ of this index (tests of failures)")
+    step_delay: float = Field(0.0, ge=0, description="seconds to sleep per batch (slows runs down for kill tests)")
+    item_delay: float = Field(0.0, ge=0, description="seconds to sleep per training sample loaded (a slow loader)")
+
+
+class _Noisy:
+    def __init__(self, x, y, noise, fail_at, delay=0.0):
+        self.x, self.y, self.noise, self.fail_at, self.delay = x, y, noise, fail_at, delay
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        import torch
+
+        if i == self.fail_at:
+            raise ValueError(f"broken sample {i}")
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        return self.x[i] + self.noise * torch.randn_like(self.x[i]), self.y[i]
+
+
+class Tiny(Recipe):
+    name = "tiny"
+    description = "tiny MLP on synthetic data (tests)"
+    Model = TinyModel
+    Data = TinyData
+    head = ["2."]
+    metric_names = ("loss", "acc")
+    defaults = {"train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 2}}
+
+    def build_model(self):
+        import torch
+
+        m, d = self.cfg.model, self.cfg.data
+        return torch.nn.Sequential(
+            torch.nn.Linear(d.features, m.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(m.hidden, 3),
+            torch.nn.Dropout(m.dropout),
+        )
+
+    def build_datasets(self):
+        import torch
+
+        d = self.cfg.data
+        g = torch.Generator().manual_seed(1234)
+        x = torch.randn(d.size, d.features, generator=g)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+        n_val = d.size // 4
+        train = _Noisy(x[n_val:], y[n_val:], d.noise, d.fail_at_item, d.item_delay)
+        val = _Noisy(x[:n_val], y[:n_val], 0.0, -1)
+        return train, val
+
+    def step(self, model, batch):
+        import torch
+
+        x, y = batch
+        if self.cfg.data.step_delay and model.training:
+            import time
+
+            time.sleep(self.cfg.data.step_delay)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        n = y.shape[0]
+        return loss, {"loss": loss.detach() * n, "correct": (logits.argmax(1) == y).sum(), "count": n}
