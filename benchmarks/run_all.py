@@ -28,10 +28,12 @@ from benchmarks import table  # noqa: E402
 BENCHMARKS = {
     "overhead": ("overhead.py", [], ["--rounds", "1", "--epochs", "1", "--probe-rounds", "1"]),
     "ddp": ("ddp_overhead.py", [], ["--rounds", "1", "--epochs", "1"]),
+    "fsdp": ("ddp_overhead.py", ["--strategy", "fsdp"], ["--strategy", "fsdp", "--rounds", "1", "--epochs", "1"]),
     "cli": ("cli_speed.py", [], ["--repeats", "3"]),
     "first_step": ("first_step.py", [], ["--repeats", "1"]),
     "data_wait": ("data_wait.py", [], ["--repeats", "1", "--steps", "10"]),
     "checkpoint": ("checkpoint.py", [], ["--repeats", "1"]),
+    "dcp_stall": ("dcp_stall.py", [], ["--repeats", "1"]),
     "compile": ("compile_speed.py", [], ["--epochs", "1"]),
 }
 

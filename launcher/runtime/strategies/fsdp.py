@@ -2,8 +2,8 @@
 
 Every rank holds 1/N of the parameters, gradients and optimizer state. Units: the modules the
 recipe names in ``shard_units`` (qualified names such as ``layer1``, or class names such as
-``BasicBlock``), else every module with children that holds at least
-``DEFAULT_UNIT_PARAMS`` parameters; then the root. Mixed precision is FSDP2's policy
+``BasicBlock``), else every top-level child and every module with children that holds at
+least ``DEFAULT_UNIT_PARAMS`` parameters; then the root. Mixed precision is FSDP2's policy
 (parameters cast for compute, gradients reduced in float32); fp16-mixed adds a GradScaler
 that agrees on inf/NaN across ranks. Checkpoints: every rank writes its shard with
 ``torch.distributed.checkpoint`` into ``dcp/`` of our atomic ``step-N`` (asynchronously with
@@ -32,7 +32,7 @@ from launcher.runtime.strategies.base import (
 )
 from launcher.runtime.strategies.single import Single
 
-DEFAULT_UNIT_PARAMS = 100_000  # a module with children and at least this many parameters is a unit
+DEFAULT_UNIT_PARAMS = 100_000  # a top-level child or a module with children this big is a unit
 _DTYPE = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
 
 
@@ -51,9 +51,11 @@ def shard_units(model: torch.nn.Module, names: tuple[str, ...] | list[str]) -> l
                 )
             chosen += [m for m in found if m not in chosen]
     else:
+        top = {id(m) for m in model.children()}  # (a flat model's big layers are units too)
         chosen = [
             m for _, m in named
-            if next(m.children(), None) is not None and sum(p.numel() for p in m.parameters()) >= DEFAULT_UNIT_PARAMS
+            if (id(m) in top or next(m.children(), None) is not None)
+            and sum(p.numel() for p in m.parameters()) >= DEFAULT_UNIT_PARAMS
         ]  # fmt: skip
     depth = {id(m): n.count(".") for n, m in named}
     return sorted(chosen, key=lambda m: -depth[id(m)])
@@ -74,6 +76,7 @@ class FSDP(Single):
         self.mesh = init_device_mesh(device.type, (env.world_size,))
         self.cfg = cfg
         self._ckpt_group = None  # a gloo group of its own for background saves (made at the first)
+        self._stager = None  # and the stager whose CPU buffers every background save reuses
 
     # ------------------------------------------------------------------ model
     def wrap(self, model: torch.nn.Module, units: tuple[str, ...] = ()) -> torch.nn.Module:
@@ -122,12 +125,18 @@ class FSDP(Single):
         broadcast_buffers(self.comm, self.env, self.unwrap(model))  # (buffers are not sharded)
 
     def grad_norm(self, params):
-        """The global L2 norm: each rank's norm covers its shards, ``full_tensor`` reduces them."""
-        grads = [q.grad for q in params if q.grad is not None]
+        """The global L2 norm (a collective): every element of a gradient lives on exactly one
+        rank (FSDP2 shards each parameter along dim 0 of a 1-D mesh), so each rank takes the norm
+        of its local shards as plain tensors and the squares are summed over the ranks -- no
+        DTensor dispatch, one all-reduce of one number."""
+        import torch.distributed as dist
+
+        grads = [q.grad.to_local() for q in params if q.grad is not None]
         if not grads:
             return None
-        norm = torch.nn.utils.get_total_norm(grads)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        square = torch.nn.utils.get_total_norm(grads).to(self.device, torch.float32).square()
+        dist.all_reduce(square, group=self.mesh.get_group())
+        return square.sqrt()
 
     # ------------------------------------------------------------------ state
     def full_weights(self, model) -> dict[str, torch.Tensor] | None:
@@ -164,7 +173,15 @@ class FSDP(Single):
             return None
         if self._ckpt_group is None:  # background collectives must not interleave with training's
             self._ckpt_group = dist.new_group(backend="gloo")
-        return dcp.async_save(state, checkpoint_id=str(directory), process_group=self._ckpt_group)
+            # the CPU copy training waits for goes into the same buffers every time (the loop
+            # waits for the previous save before the next: at most one in flight)
+            self._stager = _reused_stager(pin_memory=self.device.type == "cuda")
+        try:
+            return dcp.async_save(
+                state, checkpoint_id=str(directory), process_group=self._ckpt_group, async_stager=self._stager
+            )
+        except CheckpointException as e:
+            raise LaunchError(f"cannot stage the checkpoint shards for {directory}: {_first_failure(e)}") from None
 
     def load_state(self, loaded: dict[str, Any], model, optimizer) -> None:
         import torch.distributed.checkpoint as dcp
@@ -194,6 +211,21 @@ class FSDP(Single):
 
     def teardown(self) -> None:
         destroy_process_group()
+
+
+def _reused_stager(pin_memory: bool):
+    """DCP's blocking stager with its buffers kept from one save to the next (torch's own
+    cache pins them, which needs CUDA: on the CPU they stay pageable)."""
+    from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+    from torch.distributed.checkpoint.staging import BlockingAsyncStager
+
+    class Stager(BlockingAsyncStager):
+        def stage(self, state_dict):
+            if self.state_dict_cache is None:
+                self.state_dict_cache = _create_cpu_state_dict(state_dict, pin_memory=pin_memory)
+            return _copy_state_dict(state_dict, self.state_dict_cache)
+
+    return Stager(cache_staged_state_dict=True)
 
 
 def _first_failure(e) -> str:
