@@ -91,7 +91,8 @@ def test_fp16_mixed_with_the_sharded_scaler_resumes_bit_exact_and_on_another_pro
     assert state["scaler"]["scale"] > 0  # the ShardedGradScaler's state is checkpointed
     shutil.copytree(cut / "runs", other / "runs")
     # DDP cannot read dcp/: one line, exit 2, nothing lost
-    r = run_launch([*args, "--strategy", "ddp"], cut)  # (the last --strategy wins)
+    # (the last --strategy wins; max_steps=6: an extension, or the completed run had nothing to do)
+    r = run_launch([*args, "--strategy", "ddp", "train.max_steps=6"], cut)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "--strategy fsdp" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and (cut / "runs/tiny/f/checkpoints/step-5/COMPLETE").is_file()

@@ -93,15 +93,6 @@ def _tell_launch_bad_input(rd: RunDir) -> None:
         write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
 
 
-def _unmark_completed(rd: RunDir, e: LaunchError) -> None:
-    """A completed run that a new train.epochs / train.max_steps was to extend: its config.yaml
-    already holds them, so a refused attempt must not leave the run looking complete at them
-    (the same command would then say "already complete" instead of trying again)."""
-    summary = rd.read_summary()
-    if summary and summary.get("status") == "completed":
-        write_summary(rd, {**summary, "status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
-
-
 def json_safe(value):
     """``value`` with every NaN/infinite number as null (JSON has neither: summary.json stays valid)."""
     if isinstance(value, dict):
@@ -182,7 +173,6 @@ def main(run_dir: str) -> int:
         elif env.is_main and _is_disposable(rd):
             _remove_fresh(rd, Path(cfg.run.output_dir))
         elif env.is_main:
-            _unmark_completed(rd, e)
             _tell_launch_bad_input(rd)
         if strategy is not None:
             strategy.teardown()
