@@ -1,7 +1,7 @@
 """Checkpoint stall: how long training waits for a save, for a ResNet-50-sized state; and what
 the checksums of verified checkpoints cost, saving and loading.
 
-    .venv/bin/python benchmarks/checkpoint.py [--repeats 3] [--dir /tmp]
+    .venv/bin/python benchmarks/checkpoint.py [--repeats 5] [--dir /tmp]
 
 Side by side, alternating, in one run:
   torch.save   plain ``torch.save({"model": ..., "optimizer": ...})`` (the baseline)

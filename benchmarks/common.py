@@ -27,8 +27,8 @@ class Lockstep:
 
     The order is fixed, so that under DDP every rank runs the two loops' collectives in the same
     order: ``first`` steps first, then they alternate, and every ``swap_every`` steps the loop
-    that just stepped steps again, so the two swap places (the loop that leads each pair runs a
-    few per cent slower -- an A/A test shows it -- and this cancels that bias)."""
+    that just stepped steps again, so the two swap places (the loop that leads each pair runs
+    slightly slower -- an A/A test shows it -- and this cancels that bias)."""
 
     def __init__(self, first: str, second: str, swap_every: int = 16) -> None:
         self.cond = threading.Condition()
@@ -69,8 +69,8 @@ def paired_ratio(ours: list[float], base: list[float]) -> float:
     """The median over steps of (our step i) / (the hand-written loop's step i).
 
     Lock-step makes step i of the two loops neighbours in time, so each ratio compares them under
-    the same machine conditions; a round's speed drifts (on a shared machine by tens of per cent
-    within seconds), which a ratio of the two loops' separate medians would only partly cancel.
+    the same machine conditions; a round's speed drifts (on a shared machine, markedly and within
+    seconds), which a ratio of the two loops' separate medians would only partly cancel.
     The leader of a pair swaps every few steps, so its small bias cancels in the median too."""
     n = min(len(ours), len(base))
     return median(q / v for q, v in zip(ours[:n], base[:n], strict=True))
@@ -126,8 +126,8 @@ def pin_to_one_cpu(index: int = 0) -> int:
     """Pin this process (and the threads it starts later) to one CPU of those it may use.
 
     The lock-stepped loops run in two threads; left to the scheduler, each may sit on its own
-    core, and one core can be busier (with other processes) for a whole run -- a bias of up to
-    10 % in an A/A test. On one core, both loops meet the same interference."""
+    core, and one core can be busier (with other processes) for a whole run -- a bias that an A/A
+    test shows clearly. On one core, both loops meet the same interference."""
     cpus = sorted(os.sched_getaffinity(0))
     cpu = cpus[index % len(cpus)]
     os.sched_setaffinity(0, {cpu})

@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import table  # noqa: E402
 
-# An async save still stalls for what it does before returning: the state dict (DTensor views,
-# 50-140 ms here) and the copy of this rank's ~150 MiB of shards into CPU buffers reused from
-# the previous save (fsdp._reused_stager), against 1.4-5 s for a sync save (planning collectives,
-# write, fsync: the disk's share varies most). Measured 0.059 (sync 1.47 s, async 86 ms); with
-# DCP's default stager, which copies into freshly allocated memory at every save, it was
-# 0.18-0.35. 0.15 leaves room for a slower copy on a busier machine.
+# An async save still stalls for what it does before returning: the state dict (DTensor views)
+# and the copy of this rank's shards into CPU buffers reused from the previous save
+# (fsdp._reused_stager), against the whole of a sync save (planning collectives, write, fsync:
+# the disk's share varies most). The goal leaves room for a slower copy on a busier machine;
+# DCP's default stager, which copies into freshly allocated memory at every save, misses it.
+# Measured values: docs/performance.md.
 GOAL = 0.15
 
 

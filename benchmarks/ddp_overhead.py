@@ -1,6 +1,6 @@
 """DDP (or FSDP) loop overhead: our runtime vs. a hand-written loop, lock-step inside torchrun jobs.
 
-    .venv/bin/python benchmarks/ddp_overhead.py [--strategy ddp|fsdp] [--rounds 3] [--epochs 2] [--procs 2]
+    .venv/bin/python benchmarks/ddp_overhead.py [--strategy ddp|fsdp] [--rounds 4] [--epochs 2] [--procs 2]
 
 Each round starts ``torchrun --standalone --nproc_per_node 2`` on this script. In every rank,
 two threads train the same MLP on the same shard of the same data from the same seed: the

@@ -1,6 +1,6 @@
 """GPU throughput profile: ResNet-50 training images/s and MFU, our runtime vs. a hand-tuned loop.
 
-    python benchmarks/gpu_profile.py                      (one CUDA GPU; ~5-10 min)
+    python benchmarks/gpu_profile.py                      (one CUDA GPU)
     python benchmarks/gpu_profile.py --modes fp32 bf16 --batch-size 128 --steps 100
     python benchmarks/gpu_profile.py --peak-bf16 989 --peak-tf32 495   (a GPU not in the table)
 

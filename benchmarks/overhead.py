@@ -11,11 +11,11 @@ hand-written loop (one ``loss.item()``), so the difference is the runtime's own.
 
 A round is one such race from fresh models. Its ratio is the median over steps of (our step i) /
 (the hand-written loop's step i): neighbours in time, so the machine's drift within a round
-cancels. Rounds still differ by about half a per cent either way (memory layout of fresh
-models), and which loop leads alternates between rounds (the leader runs a little slower in an
-A/A test), so the result is the median of the rounds' ratios (target <= 1.01), with the
-runtime's added time per step (median of the paired differences), and whether the loss
-sequences were bit-identical in every round.
+cancels. Rounds still differ a little either way (memory layout of fresh models), and which
+loop leads alternates between rounds (the leader runs a little slower in an A/A test), so the
+result is the median of the rounds' ratios (target <= 1.01), with the runtime's added time per
+step (median of the paired differences), and whether the loss sequences were bit-identical in
+every round.
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def main() -> None:
         table.Row("loop overhead, 1 process: time added per step", cost * 1e6, "us", note=note),
     ]
     if args.probe_rounds:
-        # The probe: a model so small (steps of ~1 ms) that the runtime's own time per step stands
-        # out of the noise; it is the same per step whatever the model.
+        # The probe: a model so small that the runtime's own time per step stands out of the
+        # noise of its short steps; that time is the same per step whatever the model.
         probe = argparse.Namespace(**{**vars(args), "features": 8, "hidden": 8, "depth": 1, "epochs": 8})
         print(f"probe: MLP 8-8x1-10, {probe.epochs} epochs per round")
         _, probe_cost, same, probe_steps = race(probe, args.probe_rounds, work)
