@@ -6,6 +6,7 @@ config error answer without it. Only :func:`launcher.spawn.run` brings torch in,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -175,7 +176,11 @@ AGENT_IMPORTS = ("torch.distributed.run", "launcher.runtime.agent")
 
 def _prewarm_modules(overrides: tuple[str, ...], opts: dict) -> tuple[str, ...] | None:
     """What the interpreter started before validation should import: torchrun for several
-    processes, the worker for one; nothing for Slurm (it runs elsewhere)."""
+    processes, the worker for one; nothing for Slurm (it runs elsewhere), nor with
+    ``LAUNCHER_PREWARM=0`` (one process then trains inside ``launch`` itself: a debugger or
+    profiler attached to ``launch`` sees the training, and an embedding program its result)."""
+    if os.environ.get("LAUNCHER_PREWARM") == "0":
+        return None
     if opts.get("slurm") or any(t.startswith("slurm.enabled=") for t in overrides):
         return None
     return AGENT_IMPORTS if _asks_for_processes(overrides, opts) else WORKER_IMPORTS

@@ -19,3 +19,9 @@ class LaunchError(Exception):
 
 class ConfigError(LaunchError):
     """A bad key, value or combination in the resolved config."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most
+    ``limit`` characters: what a one-line error shows of an error from a library."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -4,10 +4,10 @@ that run before anything starts (no torch, no wandb import: ``importlib.util.fin
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from launcher.errors import ConfigError
+from launcher.rundir import unwritable_base
 
 # backend -> (module it needs, pip extra of this project that installs it)
 BACKEND_PACKAGES = {"wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard")}
@@ -29,13 +29,6 @@ def log_dir(cfg, run_path: Path) -> Path:
     return Path(cfg.log.dir).expanduser() / Path(run_path).parent.name / Path(run_path).name
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
 def check_logging(cfg, run_path: Path) -> None:
     """Refuse, before anything starts, backends whose package is missing and an unwritable log.dir."""
     for backend in dict.fromkeys(cfg.log.backends):
@@ -43,8 +36,8 @@ def check_logging(cfg, run_path: Path) -> None:
             raise missing_package(backend)
     if cfg.log.dir is None:
         return  # the run directory: checked with it
-    base = _nearest_existing(log_dir(cfg, run_path))
-    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+    base = unwritable_base(log_dir(cfg, run_path))
+    if base is not None:
         raise ConfigError(
             f"log.dir={cfg.log.dir} is not writable ({base} is not a writable directory); "
             "pass log.dir=<a writable directory>, or log.dir=null for the run directory"

@@ -14,10 +14,15 @@ from launcher.errors import ConfigError
 @dataclass(frozen=True)
 class Plan:
     strategy: str  # a name in launcher.capabilities.CAPABILITIES (never "auto")
-    device: str  # cpu | cuda | mps, or auto where the GPUs cannot be seen from here (under Slurm)
+    # cpu | cuda | mps; auto where the parent cannot settle it (the worker does): under --slurm
+    # (the GPUs are on the compute nodes), where the GPU count is unknown, and on Apple silicon
+    # without CUDA GPUs (only torch tells MPS apart)
+    device: str
     procs_per_node: int
     nodes: int
-    launcher: str  # in-process | torchrun | accelerate | slurm
+    # how the processes start: the strategy's launcher (in-process | torchrun | accelerate, from
+    # launcher.capabilities), or slurm under --slurm (sbatch; srun starts every process)
+    launcher: str
 
     @property
     def world_size(self) -> int:
@@ -55,13 +60,14 @@ def make_plan(cfg: Config, gpus: int | None = None) -> Plan:
     check(cfg, strategy, device, gpus)
     if d.device == "mps" and world > 1:
         raise ConfigError("MPS runs one process; drop --procs (or use --device cpu for several CPU processes)")
-    needed = 1 if strategy == "dp" else d.procs  # DataParallel: one process over every visible GPU
-    if d.device == "cuda" and gpus is not None and needed > gpus:
+    # one GPU per process (DataParallel runs one process, checked above, over every visible GPU)
+    if d.device == "cuda" and gpus is not None and d.procs > gpus:
         if gpus == 0:
             raise ConfigError(
-                f"asked for {needed} GPU process(es) but no CUDA GPU is visible here; use --procs {needed} --device cpu"
+                f"asked for {d.procs} GPU process(es) but no CUDA GPU is visible here; "
+                f"use --procs {d.procs} --device cpu"
             )
-        raise ConfigError(f"asked for {needed} GPUs but this node has {gpus} visible; use --gpus {gpus}")
+        raise ConfigError(f"asked for {d.procs} GPUs but this node has {gpus} visible; use --gpus {gpus}")
     if d.nodes > 1 and not cfg.slurm.enabled:
         raise ConfigError(
             f"--nodes {d.nodes} needs a cluster: add --slurm to submit to Slurm (or use --procs N on this one node)"

@@ -261,8 +261,8 @@ def reported_metrics(cls: object) -> set[str] | None:
 
 
 def monitored(cfg) -> list[tuple[str, str]]:
-    """(config key, metric name) of each monitor the loop will look up (launcher/runtime/loop.py:
-    Trainer._track): early stopping's, and the checkpoint's when keep_best or the plateau
+    """(config key, metric name) of each monitor the loop will look up (launcher/runtime/monitor.py:
+    Monitor.update): early stopping's, and the checkpoint's when keep_best or the plateau
     scheduler uses it."""
     es, c = cfg.train.early_stopping, cfg.checkpoint
     out = []

@@ -16,8 +16,7 @@ from typing import Any
 import click
 
 from launcher.errors import LaunchError
-from launcher.rundir import CONFIG_FILE, METRICS_FILE, REPORT_DIR, RunDir, ensure_writable_dir
-from launcher.runtime.loggers import read_events
+from launcher.rundir import CONFIG_FILE, METRICS_FILE, REPORT_DIR, RunDir, ensure_writable_dir, read_events
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """The run directory: the one hand-off between the parent, the workers and requeued jobs.
 
-Layout (a contract users script against)::
+Layout (a contract users script against; every name below is a constant of this module)::
 
     <run.output_dir>/<recipe>/<run.name>/
         config.yaml          resolved config (written once by the parent, read by every worker)
         plan.json            the resolved plan: strategy, device, processes (the workers do not resolve again)
-        metrics.jsonl        one JSON object per log event
-        checkpoints/step-N/  complete checkpoints carry a COMPLETE marker
+        metrics.jsonl        one JSON object per log event (:func:`read_events`)
+        checkpoints/step-N/  complete checkpoints carry a COMPLETE marker (contents below)
         model.safetensors    final weights of the unwrapped model
         summary.json         status, steps, best/final metrics, wall time, totals (throughput, memory)
         wandb_id             the wandb run id (log.backends with wandb): every attempt continues that run
@@ -14,6 +14,20 @@ Layout (a contract users script against)::
         report/              `launch report` plots and summary table
         logs/                rank-R.log (ranks > 0), slurm-JOBID.out (--slurm)
         submit.sbatch        --slurm: the batch script; slurm_jobs.json: the job ids
+        .cancelled           --slurm: written by `launch cancel` (the job does not requeue itself)
+        .lock                the owner of the run directory (launcher/runlock.py; helper files .lock.*)
+        .exit_code           bad input found by a worker behind a multi-process launcher
+
+    checkpoints/step-N/      (launcher/runtime/checkpoint.py writes and reads it)
+        model.safetensors    unwrapped model weights (none with --strategy fsdp: dcp/ holds them)
+        state.pt             optimizer, scheduler, scaler, progress, trackers, recipe
+        rng-rank<R>.pt       RNG states of rank R
+        meta.json            step, epoch and metrics
+        config.yaml          the resolved config it was trained with
+        deepspeed/engine/    DeepSpeed's engine state (--strategy deepspeed), every rank's share
+        dcp/                 FSDP's sharded model and optimizer (--strategy fsdp)
+        COMPLETE             written last (via COMPLETE.tmp): the manifest
+    checkpoints/.tmp-*       a checkpoint being written (removed after a crash)
 """
 
 from __future__ import annotations
@@ -42,17 +56,51 @@ from launcher.config import (
 )
 from launcher.errors import ConfigError
 
+# ---- names of the run directory
 CONFIG_FILE = "config.yaml"
 PLAN_FILE = "plan.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
 WANDB_ID_FILE = "wandb_id"
+TENSORBOARD_DIR = "tensorboard"  # (under log.dir when it is set: launcher/logsetup.py)
+WANDB_DIR = "wandb"
 REPORT_DIR = "report"
+LOGS_DIR = "logs"
+SLURM_SCRIPT_FILE = "submit.sbatch"
+SLURM_JOBS_FILE = "slurm_jobs.json"
+SLURM_LOG_PATTERN = f"{LOGS_DIR}/slurm-%j.out"  # (sbatch --output: %j is the job id)
+SLURM_CANCELLED_MARKER = ".cancelled"  # written by `launch cancel`: the job must not requeue itself
+LOCK_FILE = ".lock"  # every helper file of launcher/runlock.py starts with ".lock." (a new run all the same)
+LOCK_BREAK_FILE = ".lock.break"  # held for the milliseconds a stale lock is being removed
 EXIT_CODE_FILE = ".exit_code"  # bad input found by a worker, for `launch` behind a multi-process launcher
+
+
+def rank_log_file(rank: int) -> str:
+    """The log of rank ``rank`` (> 0) under ``logs/``."""
+    return f"rank-{rank}.log"
+
+
+# ---- names of a checkpoint: checkpoints/step-N/ (and the CONFIG_FILE and MODEL_FILE above)
 CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_TMP_PREFIX = ".tmp-"  # a directory being written: never loaded, removed by the next save
+COMPLETE_MARKER = "COMPLETE"
+COMPLETE_MARKER_TMP = COMPLETE_MARKER + ".tmp"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+ENGINE_DIR = "deepspeed"  # engine-owned state (DeepSpeed), written by every rank
+ENGINE_TAG = "engine"  # DeepSpeed's checkpoint tag: its files are under deepspeed/engine/
+DCP_DIR = "dcp"  # FSDP's shards (torch.distributed.checkpoint), written by every rank
+SHARD_DIRS = (ENGINE_DIR, DCP_DIR)  # where every rank writes its share (a strategy's ``shard_dir``)
+RNG_FILE_RE = re.compile(r"rng-rank(\d+)\.pt")
+
+
+def rng_file(rank: int) -> str:
+    """The RNG states of rank ``rank`` in a checkpoint (matches :data:`RNG_FILE_RE`)."""
+    return f"rng-rank{rank}.pt"
+
+
 # Schedulers whose shape is planned from the run's total optimizer steps: such a run keeps its
 # length (train.epochs / train.max_steps cannot change once it has checkpoints).
 LENGTH_DEPENDENT_SCHEDULERS = ("cosine", "onecycle", "warmup_cosine")
@@ -100,6 +148,25 @@ class RunDir:
         except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
             return None
         return summary if isinstance(summary, dict) else None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of a ``metrics.jsonl``, in order: each line that holds a JSON object (a
+    half-written last line of a running run and damaged lines are skipped); [] when the file
+    is missing or unreadable."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def _slug(overrides: list[tuple[str, str]]) -> str:
@@ -199,11 +266,13 @@ def ensure_writable_dir(directory: Path, what: str, fix: str) -> None:
         raise LaunchError(f"cannot write {what} to {directory} ({e.strerror or e}); {fix}") from None
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
+def unwritable_base(path: Path) -> Path | None:
+    """None where ``path`` can be created: its nearest existing parent (or itself) is a
+    directory this process may write in; else that parent, for the error message."""
+    base = path.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    return None if base.is_dir() and os.access(base, os.W_OK | os.X_OK) else base
 
 
 @dataclass
@@ -224,13 +293,11 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
     rd = RunDir(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run directory {path} exists and is not a directory; pass another run.name=...")
-    writable_base = _nearest_existing(path)
-    if not writable_base.is_dir() or not os.access(writable_base, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"cannot write to {writable_base} (needed for {path}); pass run.output_dir=<a writable directory>"
-        )
+    base = unwritable_base(path)
+    if base is not None:
+        raise ConfigError(f"cannot write to {base} (needed for {path}); pass run.output_dir=<a writable directory>")
     # (only the lock launcher/runlock.py takes in it, which starts with .lock: still a new run)
-    if not path.exists() or all(p.name.startswith(".lock") for p in path.iterdir()):
+    if not path.exists() or all(p.name.startswith(LOCK_FILE) for p in path.iterdir()):
         return Prepared(rd, "new", {}, 0)
     if not rd.config.is_file():
         raise ConfigError(
@@ -277,7 +344,7 @@ def _check_schedule_length(cfg: Config, rd: RunDir, safe: dict[str, tuple[Any, A
     meta: dict[str, Any] = {}
     if ckpts:
         try:
-            meta = json.loads((ckpts[0] / "meta.json").read_text())
+            meta = json.loads((ckpts[0] / META_FILE).read_text())
         except (OSError, ValueError):
             meta = {}
     planned, per_epoch = meta.get("total_steps"), meta.get("steps_per_epoch")

@@ -42,10 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher.errors import LaunchError
-from launcher.rundir import missing_dirs, remove_empty
+from launcher.rundir import LOCK_BREAK_FILE, LOCK_FILE, missing_dirs, remove_empty
 
-LOCK_FILE = ".lock"  # every helper file starts with ".lock." (launcher/rundir.py ignores them)
-BREAK_FILE = ".lock.break"  # held for the milliseconds a stale lock is being removed
 HEARTBEAT_S = 10.0
 STALE_S = 60.0  # a lock of another host not refreshed for this long (server time) is stale
 # Slurm job states in which the job's tasks may still run (anything else: they are gone)
@@ -396,10 +394,10 @@ def _break(run_dir: Path, judged: Found, holder: Holder, **judge) -> None:
     ``.lock.break`` (created like the lock): a taker that acted on a lock judged stale a moment
     ago must never remove the fresh one a faster taker has made since. A break lock left by a
     taker that died during those milliseconds is judged like a lock."""
-    if not _create(run_dir, holder, BREAK_FILE):
-        other = read(run_dir, BREAK_FILE)
+    if not _create(run_dir, holder, LOCK_BREAK_FILE):
+        other = read(run_dir, LOCK_BREAK_FILE)
         if other is not None and stale_reason(run_dir, other, **judge) is not None:
-            _remove_if(run_dir, BREAK_FILE, other)
+            _remove_if(run_dir, LOCK_BREAK_FILE, other)
         else:
             time.sleep(0.01 + secrets.randbelow(20) / 1000)  # another taker is at it: see what it made
         return
@@ -408,10 +406,10 @@ def _break(run_dir: Path, judged: Found, holder: Holder, **judge) -> None:
         if current is not None and current.raw == judged.raw:
             _remove_if(run_dir, LOCK_FILE, judged)
     finally:
-        mine = read(run_dir, BREAK_FILE)
+        mine = read(run_dir, LOCK_BREAK_FILE)
         if mine is not None and mine.holder is not None and mine.holder.token == holder.token:
             with contextlib.suppress(OSError):
-                os.unlink(run_dir / BREAK_FILE)
+                os.unlink(run_dir / LOCK_BREAK_FILE)
 
 
 def acquire(

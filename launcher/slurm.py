@@ -47,16 +47,24 @@ from launcher.errors import (
     LaunchError,
 )
 from launcher.plan import Plan
-from launcher.rundir import RunDir, missing_dirs, remove_empty, write_atomic
+from launcher.rundir import (
+    LOGS_DIR,
+    SLURM_CANCELLED_MARKER,
+    SLURM_JOBS_FILE,
+    SLURM_LOG_PATTERN,
+    SLURM_SCRIPT_FILE,
+    RunDir,
+    missing_dirs,
+    remove_empty,
+    write_atomic,
+)
 
-SCRIPT_FILE = "submit.sbatch"
-JOBS_FILE = "slurm_jobs.json"
-CANCELLED_MARKER = ".cancelled"  # written by `launch cancel`: the job must not requeue itself
-LOG_PATTERN = "logs/slurm-%j.out"
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
-# The master port: a multiplicative hash of the job id (and the attempt) over 20000-59999, so
-# that jobs with neighbouring ids do not collide (the last digits of the id would).
-PORT_BASE, PORT_SPAN, PORT_MULT = 20000, 40000, 2654435761
+# The master port: a multiplicative hash of the job id (and the attempt) over 10000-31999, so
+# that jobs with neighbouring ids do not collide (the last digits of the id would), and below
+# Linux's ephemeral range (32768-60999 by default), where any client socket on the node may
+# hold the port (EADDRINUSE at the rendezvous: seen on the test cluster).
+PORT_BASE, PORT_SPAN, PORT_MULT = 10000, 22000, 2654435761
 
 
 def master_port(job_id: int, restarts: int = 0) -> int:
@@ -116,7 +124,7 @@ def sbatch_flags(cfg: Config, plan: Plan, run_dir: Path, workdir: Path) -> list[
         flags.append("--exclusive")
     flags += [
         f"--chdir={workdir}",
-        f"--output={run_dir / LOG_PATTERN}",
+        f"--output={run_dir / SLURM_LOG_PATTERN}",
         "--open-mode=append",  # a requeued job appends to the same file: history is kept
         "--requeue",
         f"--signal=B:{_signal_name(s.signal)}@{s.signal_lead_s}",
@@ -236,7 +244,7 @@ class DamagedJobsFile(LaunchError):
 def read_jobs(run_dir: Path) -> list[dict]:
     """The jobs submitted for a run, oldest first (``[]``: none); :class:`DamagedJobsFile` when the
     file is there but unreadable, empty, not JSON, or not a list of ``{"job_id": ...}``."""
-    path = run_dir / JOBS_FILE
+    path = run_dir / SLURM_JOBS_FILE
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -263,7 +271,7 @@ def record_job(run_dir: Path, job_id: str) -> None:
     except DamagedJobsFile:
         jobs = []  # (checked before submitting; the job just submitted must be recorded in any case)
     jobs.append({"job_id": job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    write_atomic(run_dir / JOBS_FILE, json.dumps(jobs, indent=1) + "\n")
+    write_atomic(run_dir / SLURM_JOBS_FILE, json.dumps(jobs, indent=1) + "\n")
 
 
 def job_info(job_id: str) -> dict[str, str] | None:
@@ -509,7 +517,7 @@ def check_runnable(script: str, cfg: Config, plan: Plan) -> str | None:
 
 
 def log_path(run_dir: Path, job_id: str) -> Path:
-    return run_dir / LOG_PATTERN.replace("%j", str(job_id))
+    return run_dir / SLURM_LOG_PATTERN.replace("%j", str(job_id))
 
 
 def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
@@ -526,7 +534,7 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
         click.echo(to_yaml(cfg), nl=False)
         what = {"new": "new run", "resume": "resumes this run", "completed": "already completed"}[prepared.state]
         click.echo(f"# run directory: {run_path} ({what})")
-        click.echo(f"# {SCRIPT_FILE} (submitted with: sbatch --parsable {run_path / SCRIPT_FILE}):")
+        click.echo(f"# {SLURM_SCRIPT_FILE} (submitted with: sbatch --parsable {run_path / SLURM_SCRIPT_FILE}):")
         click.echo(script, nl=False)
         return EXIT_COMPLETED
     if prepared.state == "completed":
@@ -557,12 +565,12 @@ def submit_run(cfg: Config, plan: Plan, prepared, dry_run: bool) -> int:
     created = missing_dirs(run_path)  # removed again if sbatch refuses: nothing is left behind
     try:
         write_config(prepared, cfg, plan)
-        (run_path / "logs").mkdir(exist_ok=True)  # Slurm does not create the output file's directory
-        write_atomic(run_path / SCRIPT_FILE, script)
-        (run_path / CANCELLED_MARKER).unlink(missing_ok=True)
+        (run_path / LOGS_DIR).mkdir(exist_ok=True)  # Slurm does not create the output file's directory
+        write_atomic(run_path / SLURM_SCRIPT_FILE, script)
+        (run_path / SLURM_CANCELLED_MARKER).unlink(missing_ok=True)
         for old in run_path.glob(f"{STOP_FILE_PREFIX}*"):
             old.unlink(missing_ok=True)  # left by an attempt whose batch shell was killed
-        job_id = submit(run_path / SCRIPT_FILE)
+        job_id = submit(run_path / SLURM_SCRIPT_FILE)
     except LaunchError:
         if fresh:
             shutil.rmtree(run_path, ignore_errors=True)  # nothing of value in it yet
@@ -747,7 +755,7 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
         slurm_restarts=_restarts(info.get("Restarts")) if info else None,
         restarts=restarts,
         max_requeues=max_requeues,
-        cancelled=(run_dir / CANCELLED_MARKER).exists(),
+        cancelled=(run_dir / SLURM_CANCELLED_MARKER).exists(),
         rc=rc,
         job_id=job_id,
     )
@@ -886,7 +894,7 @@ def status_command(run_dir: str) -> int:
     info = job_info(newest) if newest and shutil.which("scontrol") else None
     current = bool(info) and summary_is_from(found, newest, _restarts(info.get("Restarts")), mtime, _start_time(info))
     try:
-        cancelled = (path / CANCELLED_MARKER).read_text(errors="replace").strip() == newest
+        cancelled = (path / SLURM_CANCELLED_MARKER).read_text(errors="replace").strip() == newest
     except OSError:
         cancelled = False
     click.echo(f"run:        {path}")
@@ -940,7 +948,7 @@ def cancel_command(run_dir: str) -> int:
         click.echo(f"launch: no pending or running Slurm job for {path}; nothing to cancel")
         return EXIT_COMPLETED
     job_id, info = active
-    (path / CANCELLED_MARKER).write_text(f"{job_id}\n")
+    (path / SLURM_CANCELLED_MARKER).write_text(f"{job_id}\n")
     r = subprocess.run(["scancel", job_id], capture_output=True, text=True)
     if r.returncode != 0:
         raise LaunchError(f"scancel {job_id} failed: {r.stderr.strip()}")

@@ -13,7 +13,7 @@ from launcher import signals
 from launcher.commands import Command
 from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
 from launcher.prewarm import Prewarmed
-from launcher.rundir import EXIT_CODE_FILE
+from launcher.rundir import EXIT_CODE_FILE, SUMMARY_FILE
 
 EXIT_FOR_STATUS = {
     "completed": EXIT_COMPLETED,
@@ -90,7 +90,7 @@ def stopped_before_training(flag: signals.StopFlag) -> int:
 
 def _summary_since(run_dir: Path, started: float) -> bool:
     try:
-        return (run_dir / "summary.json").stat().st_mtime >= started
+        return (run_dir / SUMMARY_FILE).stat().st_mtime >= started
     except OSError:
         return False
 
@@ -112,7 +112,7 @@ def status_code(run_dir: Path, started: float, fallback: int) -> int:
         pass
     if _summary_since(run_dir, started):
         try:
-            status = json.loads((run_dir / "summary.json").read_text()).get("status")
+            status = json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
             return EXIT_FOR_STATUS.get(status, fallback or EXIT_FAILED)
         except (OSError, ValueError):
             pass

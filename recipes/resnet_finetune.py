@@ -223,7 +223,7 @@ class ResNetFinetune(Recipe):
         import torchvision
 
         if kind == "file":
-            from launcher.runtime.checkpoint import load_state_file
+            from launcher.weights import load_state_file
 
             return load_state_file(weights)
         enum = torchvision.models.get_model_weights(arch)

@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field
 
 from launcher.config import DataSection, ModelSection
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, first_line
 from recipes.base import Recipe
 
 URL = "http://www.openslr.org/resources/1/waves_yesno.tar.gz"
@@ -255,7 +255,7 @@ class YesNo(Recipe):
                 waveform, rate, words = ds[n]
             except (RuntimeError, OSError, ValueError) as e:
                 raise ConfigError(
-                    f"cannot read {folder / fid}.wav ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    f"cannot read {folder / fid}.wav ({first_line(e)}); "
                     "replace the file (torchaudio reads it through torchcodec, which needs ffmpeg)"
                 ) from None
             feats.append(self._featurize(transform, waveform, rate))

@@ -34,6 +34,71 @@ def run_launch(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> 
     )
 
 
+def launch_here(args: list[str], cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`launch ARGS` run inside this interpreter (``LAUNCHER_PREWARM=0``: a single process trains
+    in it; several still start torchrun), with ``cwd``, the environment of :func:`run_launch` and
+    its output captured: what :func:`run_launch` returns, without the seconds a new interpreter
+    spends importing torch. For tests of what a run does, not of how processes start or end
+    (``timeout``: pytest-timeout's instead)."""
+    import contextlib
+    import io
+    import tempfile
+    import traceback
+    import warnings
+
+    from launcher.cli import main
+
+    saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
+    saved_modules = set(sys.modules)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(launch_env(LAUNCHER_PREWARM="0", **env))
+    os.chdir(cwd)
+    sys.path.insert(0, str(cwd))  # as `python -m launcher` has it
+    code = 0
+    # what the processes it starts (torchrun, workers) write reaches file descriptors 1 and 2
+    fd_out, fd_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    saved_fds = os.dup(1), os.dup(2)
+    os.dup2(fd_out.fileno(), 1)
+    os.dup2(fd_err.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's default filters, shown on stderr (not pytest's record)
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda m, c, f, n, file=None, line=None: err.write(
+                warnings.formatwarning(m, c, f, n, line)
+            )
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # what a new interpreter would print, and its exit status
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for fd in saved_fds:
+            os.close(fd)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:  # a user's recipe module is imported afresh next time
+            if name.startswith("_launch_user_recipe_") or _module_under(sys.modules[name], cwd):
+                del sys.modules[name]
+    texts = []
+    for captured, f in ((out, fd_out), (err, fd_err)):
+        f.seek(0)
+        texts.append(captured.getvalue() + f.read().decode(errors="replace"))
+        f.close()
+    return subprocess.CompletedProcess(["launch", *args], code, *texts)
+
+
+def _module_under(module, directory: Path) -> bool:
+    path = getattr(module, "__file__", None)
+    return bool(path) and Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
 def only_run_dir(root: Path) -> Path:
     """The single run directory under ``root/runs/<recipe>/``."""
     dirs = [p for p in (root / "runs").glob("*/*") if p.is_dir()]
@@ -126,6 +191,39 @@ def evaluate_saved(run_dir: Path, batch_size: int = 50) -> dict:
             for k, v in s.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     return recipe.metrics(sums)
+
+
+# Set by pytest itself, or by libraries the tests import once per process (not by the code under test).
+_ENV_SET_BY_LIBRARIES = ("PYTEST_CURRENT_TEST", "KMP_", "CUDA_MODULE_LOADING", "TORCHINDUCTOR_", "TRITON_", "PYTORCH_", "TF_", "DS_")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_environment():
+    """A test that changes os.environ (other than through monkeypatch, which restores it) fails:
+    the next test, and every child it starts, would inherit the change."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k) and not k.startswith(_ENV_SET_BY_LIBRARIES)
+    )
+    if changed:
+        os.environ.clear()
+        os.environ.update(before)
+        pytest.fail(f"the test left environment variables changed: {', '.join(changed)}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group():
+    """A test that leaves torch.distributed's default process group initialised fails (and it is
+    destroyed): the next test's init_process_group would fail or join it."""
+    yield
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        pytest.fail("the test left a torch.distributed process group initialised", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from launcher.rundir import RunDir
 from launcher.runtime import rng
 from launcher.runtime.checkpoint import CheckpointManager, CorruptCheckpoint, EngineLoads, write_manifest
 from tests.badinput import Case, assert_refused
-from tests.conftest import assert_same_weights, launch_env, run_launch, start, wait_for_training
+from tests.conftest import assert_same_weights, launch_env, launch_here, start, wait_for_training
 
 QUIET = ["log.quiet=true", "run.name=r"]
 
@@ -47,7 +47,7 @@ def test_retention_keeps_last_and_best(tmp_path, tiny):
         "checkpoint.monitor=val/loss",
         "checkpoint.mode=min",
     ]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "tiny" / "r"
     kept = steps(run_dir)
@@ -68,11 +68,11 @@ def test_async_checkpoints_resume_to_the_same_weights(tmp_path, tiny):
     sync_dir, async_dir = tmp_path / "sync", tmp_path / "async"
     sync_dir.mkdir()
     async_dir.mkdir()
-    assert run_launch(base, sync_dir).returncode == 0
+    assert launch_here(base, sync_dir).returncode == 0
     # async: stop half-way (max_steps), then extend to the full run, resuming from async saves
-    r = run_launch([*base, "checkpoint.async=true", "train.max_steps=10"], async_dir)
+    r = launch_here([*base, "checkpoint.async=true", "train.max_steps=10"], async_dir)
     assert r.returncode == 0, r.stderr
-    r = run_launch([*base, "checkpoint.async=true"], async_dir)
+    r = launch_here([*base, "checkpoint.async=true"], async_dir)
     assert r.returncode == 0, r.stderr
     a, b = sync_dir / "runs/tiny/r", async_dir / "runs/tiny/r"
     assert_same_weights(a / "model.safetensors", b / "model.safetensors")
@@ -108,8 +108,8 @@ def test_incomplete_checkpoint_is_never_loaded(tmp_path):
 
 def test_resume_never_refuses_a_run_with_checkpoints(tmp_path, tiny):
     args = [f"recipe={tiny}", *QUIET, "train.epochs=1", "train.max_steps=3"]
-    assert run_launch(args, tmp_path).returncode == 0
-    r = run_launch([*args, "run.resume=never", "train.max_steps=6"], tmp_path)
+    assert launch_here(args, tmp_path).returncode == 0
+    r = launch_here([*args, "run.resume=never", "train.max_steps=6"], tmp_path)
     assert r.returncode == 2
     assert "run.resume=never" in r.stderr and "run.resume=auto" in r.stderr
     assert summary(tmp_path / "runs/tiny/r")["global_step"] == 3  # untouched
@@ -117,31 +117,31 @@ def test_resume_never_refuses_a_run_with_checkpoints(tmp_path, tiny):
 
 def test_resume_from_a_path_and_refuse_other_configs(tmp_path, tiny):
     src = [f"recipe={tiny}", "log.quiet=true", "run.name=src", "train.epochs=2"]
-    assert run_launch(src, tmp_path).returncode == 0
+    assert launch_here(src, tmp_path).returncode == 0
     ckpt = sorted((tmp_path / "runs/tiny/src/checkpoints").glob("step-*"))[0]
     # same config, another run directory: continues from that checkpoint
-    r = run_launch(
+    r = launch_here(
         [f"recipe={tiny}", "log.quiet=true", "run.name=dst", "train.epochs=2", f"run.resume={ckpt}"], tmp_path
     )
     assert r.returncode == 0, r.stderr
     dst = tmp_path / "runs/tiny/dst"
     assert summary(dst)["resumed_from"] == str(ckpt)
     # a different model shape: refused, naming the key
-    r = run_launch(
+    r = launch_here(
         [f"recipe={tiny}", "log.quiet=true", "run.name=other", "model.hidden=7", f"run.resume={ckpt}"], tmp_path
     )
     assert r.returncode == 2
     assert "model.hidden" in r.stderr and "model.init_from" in r.stderr
     assert not (tmp_path / "runs/tiny/other").exists()
     # not a checkpoint at all
-    r = run_launch([f"recipe={tiny}", "log.quiet=true", "run.name=bad", f"run.resume={tmp_path}"], tmp_path)
+    r = launch_here([f"recipe={tiny}", "log.quiet=true", "run.name=bad", f"run.resume={tmp_path}"], tmp_path)
     assert r.returncode == 2 and "not a complete, readable checkpoint" in r.stderr
 
 
 def test_init_from_starts_a_new_run_from_weights_only(tmp_path, tiny):
-    assert run_launch([f"recipe={tiny}", "log.quiet=true", "run.name=a", "train.epochs=1"], tmp_path).returncode == 0
+    assert launch_here([f"recipe={tiny}", "log.quiet=true", "run.name=a", "train.epochs=1"], tmp_path).returncode == 0
     src = tmp_path / "runs/tiny/a"
-    r = run_launch(
+    r = launch_here(
         [f"recipe={tiny}", "log.quiet=true", "run.name=b", "train.epochs=1", "train.lr=1e-9", f"model.init_from={src}"],
         tmp_path,
     )
@@ -150,7 +150,7 @@ def test_init_from_starts_a_new_run_from_weights_only(tmp_path, tiny):
     assert summary(b)["resumed_from"] is None and summary(b)["global_step"] > 0
     wa, wb = load_file(str(src / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert torch.allclose(wa["0.weight"], wb["0.weight"], atol=1e-6)  # lr ~ 0: weights carried over
-    r = run_launch(
+    r = launch_here(
         [f"recipe={tiny}", "log.quiet=true", "run.name=c", "model.hidden=5", f"model.init_from={src}"], tmp_path
     )
     assert r.returncode == 2 and "does not fit this model" in r.stderr
@@ -177,7 +177,7 @@ def _limit_file_size(limit: int):
 def test_disk_full_while_training_stops_cleanly_and_keeps_checkpoints(tmp_path, tiny):
     # a model big enough that a checkpoint file is > 64 KiB
     args = [f"recipe={tiny}", *QUIET, "model.hidden=4096", "train.epochs=2"]
-    assert run_launch([*args, "train.max_steps=3"], tmp_path).returncode == 0
+    assert launch_here([*args, "train.max_steps=3"], tmp_path).returncode == 0
     run_dir = tmp_path / "runs/tiny/r"
     before = steps(run_dir)
     # resume with files capped at 64 KiB: the next checkpoint cannot be written (EFBIG, like ENOSPC)
@@ -198,7 +198,7 @@ def test_disk_full_while_training_stops_cleanly_and_keeps_checkpoints(tmp_path, 
     s = summary(run_dir)
     assert s["status"] == "failed" and "cannot write checkpoint" in s["reason"]
     # with space again, the same command resumes and completes
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     assert summary(run_dir)["status"] == "completed"
 
@@ -375,11 +375,11 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_bit_exact(tmp
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     ref.mkdir()
     cut.mkdir()
-    assert run_launch(args, ref).returncode == 0
-    assert run_launch([*args, "train.max_steps=9"], cut).returncode == 0
+    assert launch_here(args, ref).returncode == 0
+    assert launch_here([*args, "train.max_steps=9"], cut).returncode == 0
     run_dir = cut / "runs/tiny/r"
     _flip(run_dir / "checkpoints/step-9/model.safetensors", 64)
-    r = run_launch(args, cut)
+    r = launch_here(args, cut)
     assert r.returncode == 0, r.stderr
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert warnings == [
@@ -462,7 +462,7 @@ STRATEGIES = [
 def test_no_strategy_runs_code_from_a_checkpoint(tmp_path, tiny, options, poison):
     marker = tmp_path / "pwned"
     ckpt = _malicious_checkpoint(tmp_path / "evil", poison, marker)
-    r = run_launch([f"recipe={tiny}", *QUIET, *options, f"run.resume={ckpt}"], tmp_path)
+    r = launch_here([f"recipe={tiny}", *QUIET, *options, f"run.resume={ckpt}"], tmp_path)
     assert not marker.exists(), "code from the checkpoint ran"
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2, r.stderr

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from launcher.runtime.env import DistEnv
 from launcher.runtime.strategies.single import Single
-from tests.conftest import only_run_dir, read_jsonl, run_launch
+from tests.conftest import launch_here, only_run_dir, read_jsonl
 
 
 def test_unwrap_sees_through_compile():
@@ -25,7 +25,7 @@ def test_unwrap_sees_through_compile():
 
 @pytest.mark.parametrize("bad", ["train.compile_mode=fast", "train.compile=maybe"])
 def test_compile_keys_are_validated(tmp_path, tiny, bad):
-    proc = run_launch([f"recipe={tiny}", bad, "--dry-run"], tmp_path)
+    proc = launch_here([f"recipe={tiny}", bad, "--dry-run"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "train.compile" in proc.stderr
 
@@ -33,14 +33,14 @@ def test_compile_keys_are_validated(tmp_path, tiny, bad):
 def test_compiled_run_resumes_without_compile(tmp_path, tiny):
     """Epoch 1 compiled (CPU inductor), epoch 2 resumed from its checkpoint in eager mode."""
     common = [f"recipe={tiny}", "run.name=c", "log.quiet=true", "data.size=64"]
-    first = run_launch([*common, "train.compile=true", "train.epochs=1"], tmp_path, timeout=600)
+    first = launch_here([*common, "train.compile=true", "train.epochs=1"], tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr
     run = only_run_dir(tmp_path)
     compiled_ckpt = run / "checkpoints" / "step-6" / "model.safetensors"
     compiled_keys = sorted(load_file(str(compiled_ckpt)))
     assert compiled_keys == ["0.bias", "0.weight", "2.bias", "2.weight"]  # no _orig_mod. prefix
 
-    second = run_launch([*common, "train.compile=false", "train.epochs=2"], tmp_path)
+    second = launch_here([*common, "train.compile=false", "train.epochs=2"], tmp_path)
     assert second.returncode == 0, second.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from tests.conftest import (
     assert_same_weights,
     kill_group_at_random,
+    launch_here,
     make_dirs,
     read_jsonl,
-    run_launch,
     start,
 )
 
@@ -41,10 +41,10 @@ STRATEGIES = [
 
 @pytest.mark.parametrize(("strategy", "extra", "tol"), STRATEGIES, ids=["ddp", "accelerate", "zero1", "zero2"])
 def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, tiny, strategy, extra, tol):
-    one = run_launch([f"recipe={tiny}", *EXACT, "run.name=one", "train.batch_size=16"], tmp_path)
+    one = launch_here([f"recipe={tiny}", *EXACT, "run.name=one", "train.batch_size=16"], tmp_path)
     assert one.returncode == 0, one.stderr
     two_args = ["run.name=two", "train.batch_size=8", "--procs", "2", "--device", "cpu", "--strategy", strategy]
-    two = run_launch([f"recipe={tiny}", *EXACT, *two_args, *extra], tmp_path)
+    two = launch_here([f"recipe={tiny}", *EXACT, *two_args, *extra], tmp_path)
     assert two.returncode == 0, two.stderr
     a = [e for e in read_jsonl(run_dir(tmp_path, "one") / "metrics.jsonl") if "train/loss" in e]
     b = [e for e in read_jsonl(run_dir(tmp_path, "two") / "metrics.jsonl") if "train/loss" in e]
@@ -81,18 +81,18 @@ def test_kill_everything_and_rerun_is_bit_exact(tmp_path, tiny):
         "checkpoint.every_steps=3",
     ]
     ref, killed = make_dirs(tmp_path, "ref", "killed")
-    r = run_launch(args, ref)
+    r = launch_here(args, ref)
     assert r.returncode == 0, r.stderr
     kills = kill_group_at_random(args, killed, run_dir(killed, "r"), random.Random(11))
     assert kills >= 1
-    r = run_launch(args, killed)
+    r = launch_here(args, killed)
     assert r.returncode == 0, r.stderr
     assert_same_weights(run_dir(ref, "r") / "model.safetensors", run_dir(killed, "r") / "model.safetensors")
 
 
 def test_one_rank_failing_stops_the_job_and_names_the_rank(tmp_path, tiny):
     t0 = time.time()
-    r = run_launch(
+    r = launch_here(
         [f"recipe={tiny}", "log.quiet=true", "run.name=f", "--procs", "2", "--device", "cpu", "data.fail_at_item=30"],
         tmp_path,
         timeout=120,
@@ -134,16 +134,16 @@ def test_sigterm_to_launch_preempts_all_ranks(tmp_path, tiny):
     s = json.loads((run_dir(tmp_path, "p") / "summary.json").read_text())
     assert s["status"] == "preempted"
     assert (run_dir(tmp_path, "p") / "checkpoints" / f"step-{s['global_step']}" / "COMPLETE").is_file()
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("second", [["--procs", "2", "--device", "cpu"], ["--procs", "2", "--strategy", "accelerate"]])
 def test_a_single_process_run_resumes_under_two_processes(tmp_path, tiny, second):
     base = [f"recipe={tiny}", "log.quiet=true", "run.name=x", "train.epochs=3", "train.batch_size=8"]
-    r = run_launch([*base, "train.max_steps=13"], tmp_path)  # stops mid-epoch 2 (9 steps per epoch)
+    r = launch_here([*base, "train.max_steps=13"], tmp_path)  # stops mid-epoch 2 (9 steps per epoch)
     assert r.returncode == 0, r.stderr
-    r = run_launch([*base, *second], tmp_path)
+    r = launch_here([*base, *second], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "dist.procs: 1 -> 2" in r.stderr  # the change is reported, not refused
     s = json.loads((run_dir(tmp_path, "x") / "summary.json").read_text())
@@ -166,22 +166,22 @@ def test_deepspeed_resumes_through_its_engine_exactly(tmp_path, tiny):
         "train.grad_accum_steps=2",
     ]
     ref, cut = make_dirs(tmp_path, "ref", "cut")
-    assert run_launch(args, ref).returncode == 0
-    r = run_launch([*args, "train.max_steps=3"], cut)  # stops mid-epoch 2 (2 steps per epoch)
+    assert launch_here(args, ref).returncode == 0
+    r = launch_here([*args, "train.max_steps=3"], cut)  # stops mid-epoch 2 (2 steps per epoch)
     assert r.returncode == 0, r.stderr
     assert (run_dir(cut, "d") / "checkpoints" / "step-3" / "deepspeed").is_dir()
-    r = run_launch(args, cut)
+    r = launch_here(args, cut)
     assert r.returncode == 0, r.stderr
     assert json.loads((run_dir(cut, "d") / "summary.json").read_text())["resumed_from"].endswith("step-3")
     assert_same_weights(run_dir(ref, "d") / "model.safetensors", run_dir(cut, "d") / "model.safetensors")
     # a DeepSpeed checkpoint is not silently loaded by another strategy
     other = [a if a != "deepspeed" else "ddp" for a in args if a != "train.epochs=3"]
-    r = run_launch([*other, "train.epochs=4"], cut)
+    r = launch_here([*other, "train.epochs=4"], cut)
     assert r.returncode == 2 and "resume it with --strategy deepspeed" in r.stderr
 
 
 def test_deepspeed_zero3_bf16_runs_and_exports_full_weights(tmp_path, tiny):
-    r = run_launch(
+    r = launch_here(
         [
             f"recipe={tiny}",
             "log.quiet=true",

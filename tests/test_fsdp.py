@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, assert_same_weights, kill_group_at_random, make_dirs, read_jsonl, run_launch
+from tests.conftest import ROOT, assert_same_weights, kill_group_at_random, launch_here, make_dirs, read_jsonl
 
 SHARDED = f"{ROOT / 'tests' / 'tiny_recipe.py'}:TinySharded"  # each Linear its own shard unit
 EXACT = ["model.dropout=0", "data.noise=0", "log.quiet=true", "train.log_every=1", "data.size=160"]
@@ -32,9 +32,9 @@ def test_two_fsdp_processes_follow_ddp_and_export_full_weights(tmp_path):
     norms included), every checkpoint holds sharded DCP state only, model.safetensors the whole
     model; compiled, the same."""
     base = [f"recipe={SHARDED}", *EXACT, *TWO, "train.grad_clip=0.5"]
-    ddp = run_launch([*base, "run.name=ddp", "--strategy", "ddp"], tmp_path)
+    ddp = launch_here([*base, "run.name=ddp", "--strategy", "ddp"], tmp_path)
     assert ddp.returncode == 0, ddp.stderr
-    fsdp = run_launch([*base, "run.name=fsdp", "--strategy", "fsdp"], tmp_path)
+    fsdp = launch_here([*base, "run.name=fsdp", "--strategy", "fsdp"], tmp_path)
     assert fsdp.returncode == 0, fsdp.stderr
     a, b = losses(run_dir(tmp_path, "ddp")), losses(run_dir(tmp_path, "fsdp"))
     assert [s for s, _ in a] == [s for s, _ in b] and len(a) == 14
@@ -53,7 +53,7 @@ def test_two_fsdp_processes_follow_ddp_and_export_full_weights(tmp_path):
     plan = json.loads((run_dir(tmp_path, "fsdp") / "plan.json").read_text())
     assert (plan["strategy"], plan["device"], plan["world_size"]) == ("fsdp", "cpu", 2)
     # train.compile composes with it (torch.compile over the sharded module, CPU inductor)
-    compiled = run_launch([*base, "run.name=c", "--strategy", "fsdp", "train.compile=true"], tmp_path, timeout=600)
+    compiled = launch_here([*base, "run.name=c", "--strategy", "fsdp", "train.compile=true"], tmp_path, timeout=600)
     assert compiled.returncode == 0, compiled.stderr
     c = losses(run_dir(tmp_path, "c"))
     assert [s for s, _ in c] == [s for s, _ in a] and max(
@@ -69,11 +69,11 @@ def test_sigkill_at_random_moments_resumes_bit_exact_with_async_dcp_and_accumula
         "train.grad_accum_steps=2",
     ]  # fmt: skip
     ref, killed = make_dirs(tmp_path, "ref", "killed")
-    r = run_launch(args, ref)
+    r = launch_here(args, ref)
     assert r.returncode == 0, r.stderr
     kills = kill_group_at_random(args, killed, run_dir(killed, "r"), random.Random(17), within=1.5)
     assert kills >= 1
-    r = run_launch(args, killed)
+    r = launch_here(args, killed)
     assert r.returncode == 0, r.stderr
     assert_same_weights(run_dir(ref, "r") / "model.safetensors", run_dir(killed, "r") / "model.safetensors")
     assert not list((run_dir(killed, "r") / "checkpoints").glob(".tmp-*"))  # no staging left behind
@@ -84,24 +84,24 @@ def test_fp16_mixed_with_the_sharded_scaler_resumes_bit_exact_and_on_another_pro
     args = [f"recipe={SHARDED}", "run.name=f", *TWO, "--strategy", "fsdp", "--precision", "fp16-mixed",
             "train.epochs=3", "train.grad_clip=1.0"]  # fmt: skip
     ref, cut, other = make_dirs(tmp_path, "ref", "cut", "other")
-    r = run_launch(args, ref)
+    r = launch_here(args, ref)
     assert r.returncode == 0, r.stderr
-    assert run_launch([*args, "train.max_steps=5"], cut).returncode == 0
+    assert launch_here([*args, "train.max_steps=5"], cut).returncode == 0
     state = torch.load(cut / "runs/tiny/f/checkpoints/step-5/state.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0  # the ShardedGradScaler's state is checkpointed
     shutil.copytree(cut / "runs", other / "runs")
     # DDP cannot read dcp/: one line, exit 2, nothing lost
     # (the last --strategy wins; max_steps=6: an extension, or the completed run had nothing to do)
-    r = run_launch([*args, "--strategy", "ddp", "train.max_steps=6"], cut)
+    r = launch_here([*args, "--strategy", "ddp", "train.max_steps=6"], cut)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "--strategy fsdp" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and (cut / "runs/tiny/f/checkpoints/step-5/COMPLETE").is_file()
-    r = run_launch(args, cut)
+    r = launch_here(args, cut)
     assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
     assert_same_weights(ref / "runs/tiny/f/model.safetensors", cut / "runs/tiny/f/model.safetensors")
     # the same checkpoint resumed by one process: DCP reshards, the run goes on from the same share
     one = [a for a in args if a not in ("--procs", "2")] + ["--procs", "1"]
-    r = run_launch(one, other)
+    r = launch_here(one, other)
     assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
     s = json.loads((other / "runs/tiny/f/summary.json").read_text())
     assert s["status"] == "completed" and s["global_step"] > 5
@@ -113,7 +113,7 @@ def test_fp16_mixed_with_the_sharded_scaler_resumes_bit_exact_and_on_another_pro
 
 def test_a_shard_unit_that_is_no_module_is_one_line_and_exit_2(tmp_path):
     bad = f"{ROOT / 'tests' / 'tiny_recipe.py'}:TinyBadUnits"
-    r = run_launch([f"recipe={bad}", *TWO, "--strategy", "fsdp", "log.quiet=true"], tmp_path)
+    r = launch_here([f"recipe={bad}", *TWO, "--strategy", "fsdp", "log.quiet=true"], tmp_path)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2, r.stderr
     assert len(errors) == 1 and "'encoder' is no module of the model" in errors[0], r.stderr
@@ -122,7 +122,7 @@ def test_a_shard_unit_that_is_no_module_is_one_line_and_exit_2(tmp_path):
 
 
 def test_dry_run_shows_the_torchrun_command(tmp_path):
-    r = run_launch([f"recipe={SHARDED}", *TWO, "--strategy", "fsdp", "--dry-run"], tmp_path)
+    r = launch_here([f"recipe={SHARDED}", *TWO, "--strategy", "fsdp", "--dry-run"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "# plan: strategy=fsdp device=cpu procs/node=2" in r.stdout
     command = r.stdout.split("# command:\n", 1)[1]

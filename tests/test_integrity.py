@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.badinput import Case, assert_refused, run_main
-from tests.conftest import ROOT, TINY, launch_env, run_launch
+from tests.conftest import ROOT, TINY, launch_env, launch_here, run_launch
 
 SECRET = "TOKSECRET_abc123"
 
@@ -42,7 +42,7 @@ def _secret_recipe(root: Path) -> str:
 def test_a_recipes_folder_in_the_working_directory_shadows_nothing(tmp_path):
     """`python -m` puts the working directory first on sys.path: a user's `recipes/` package there
     (here one that cannot even be imported) must not hide the built-ins, and its modules stay
-    importable as recipes.NAME."""
+    importable as recipes.NAME. (A real `python -m launcher`: its sys.path is the point.)"""
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "__init__.py").write_text("raise ImportError('the user package, not ours')\n")
     (tmp_path / "recipes" / "mine.py").write_text((ROOT / "tests" / "tiny_recipe.py").read_text())
@@ -181,7 +181,7 @@ def test_bad_input_found_behind_torchrun_is_one_line(tmp_path):
     import torch
 
     torch.save({"nope": torch.zeros(2)}, tmp_path / "w.pt")
-    r = run_launch([f"recipe={TINY}", "--procs", "2", f"model.init_from={tmp_path / 'w.pt'}"], tmp_path)
+    r = launch_here([f"recipe={TINY}", "--procs", "2", f"model.init_from={tmp_path / 'w.pt'}"], tmp_path)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: model.init_from=") and "does not fit" in lines[0], r.stderr

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_launch
+from tests.conftest import launch_here, read_jsonl
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "legacy_runs"
 CASES = ["single", "ddp", "accelerate", "deepspeed"]
@@ -85,7 +85,7 @@ def test_same_command_finds_the_legacy_run_and_would_resume_it(tmp_path, monkeyp
 def test_legacy_run_resumes_bit_exact(tmp_path, case):
     fx = fixture(case)
     run = copy_runs(case, tmp_path)
-    r = run_launch(fx["args"], tmp_path, timeout=600)
+    r = launch_here(fx["args"], tmp_path, timeout=600)
     output = r.stdout + r.stderr
     assert r.returncode == 0, output
     assert f"resumed from {fx['run_dir']}/checkpoints/{fx['checkpoint']}" in output, output
@@ -103,7 +103,7 @@ def test_legacy_run_resumes_bit_exact(tmp_path, case):
         # changed computation in this code): an uninterrupted run of the same command here.
         fresh = tmp_path / "fresh"
         fresh.mkdir()
-        f = run_launch(fx["args"], fresh, timeout=600)
+        f = launch_here(fx["args"], fresh, timeout=600)
         fresh_model = fresh / fx["run_dir"] / "model.safetensors"
         if f.returncode != 0:
             verdict = f"an uninterrupted run here failed too (exit {f.returncode}): {f.stderr[-2000:]}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_same_weights, has_checkpoint, launch_env, read_jsonl, run_launch
+from tests.conftest import assert_same_weights, has_checkpoint, launch_env, launch_here, read_jsonl
 
 QUIET = ["log.quiet=true"]
 TIMINGS = ("time/step_sec", "time/data_wait_sec", "time/compute_sec", "time/data_wait_frac")
@@ -39,9 +39,9 @@ def test_step_time_split_grad_norm_memory_and_summary_totals(tmp_path, tiny):
     base = [f"recipe={tiny}", *QUIET, "train.epochs=2", "train.log_every=1"]
     # a slow loader (8 samples x 10 ms per batch) vs. a slow step (50 ms of "compute" per batch);
     # the second clips at a norm it never reaches, so it reports clip_grad_norm_'s norm
-    slow_data = run_launch([*base, "run.name=data", "data.item_delay=0.01"], tmp_path)
+    slow_data = launch_here([*base, "run.name=data", "data.item_delay=0.01"], tmp_path)
     assert slow_data.returncode == 0, slow_data.stderr
-    slow_step = run_launch([*base, "run.name=step", "data.step_delay=0.05", "train.grad_clip=1e9"], tmp_path)
+    slow_step = launch_here([*base, "run.name=step", "data.step_delay=0.05", "train.grad_clip=1e9"], tmp_path)
     assert slow_step.returncode == 0, slow_step.stderr
 
     runs = {name: train_events(run_dir(tmp_path, name)) for name in ("data", "step")}
@@ -128,7 +128,7 @@ def test_tensorboard_files_read_back_like_metrics_jsonl_across_a_kill(tmp_path, 
     plain.mkdir()
     tb.mkdir()
     args = [f"recipe={tiny}", *QUIET, "run.name=r", *LONG]
-    assert run_launch(args, plain).returncode == 0
+    assert launch_here(args, plain).returncode == 0
     tb_args = [
         *args,
         "log.backends=[jsonl,tensorboard]",
@@ -137,7 +137,7 @@ def test_tensorboard_files_read_back_like_metrics_jsonl_across_a_kill(tmp_path, 
         "log.tensorboard.graph=true",
     ]
     kill_after_a_checkpoint(tb_args, tb, launch_env())
-    r = run_launch(tb_args, tb)
+    r = launch_here(tb_args, tb)
     assert r.returncode == 0, r.stderr
     d = run_dir(tb, "r")
     resumed_at = resume_step(d)
@@ -354,25 +354,25 @@ def test_backend_without_its_package_names_the_extra(tmp_path, tiny, backend):
 
 
 def test_unknown_backend_and_unwritable_log_dir_are_one_line(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", "log.backends=jsonl,tensorbord"], tmp_path)
+    r = launch_here([f"recipe={tiny}", "log.backends=jsonl,tensorbord"], tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == (
         "error: unknown log backend 'tensorbord'; did you mean tensorboard? known: jsonl, console, wandb, tensorboard"
     )
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = run_launch([f"recipe={tiny}", "log.backends=[tensorboard]", f"log.dir={blocker}/logs"], tmp_path)
+    r = launch_here([f"recipe={tiny}", "log.backends=[tensorboard]", f"log.dir={blocker}/logs"], tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: log.dir={blocker}/logs is not writable"), r.stderr
     assert not (tmp_path / "runs").exists()
     # a comma-separated list works too
-    r = run_launch([f"recipe={tiny}", "log.backends=jsonl,tensorboard", "--show-config"], tmp_path)
+    r = launch_here([f"recipe={tiny}", "log.backends=jsonl,tensorboard", "--show-config"], tmp_path)
     assert r.returncode == 0 and "backends: [jsonl, tensorboard]" in r.stdout
 
 
 def test_backends_write_under_log_dir(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", *QUIET, "run.name=l", "train.max_steps=2", "log.backends=[tensorboard]",
+    r = launch_here([f"recipe={tiny}", *QUIET, "run.name=l", "train.max_steps=2", "log.backends=[tensorboard]",
                     "log.dir=tb-logs"], tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "tb-logs" / "tiny" / "l" / "tensorboard").glob("events.out.tfevents.*"))

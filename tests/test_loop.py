@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import read_jsonl, run_launch, start, wait_for_training
+from tests.conftest import launch_here, read_jsonl, start, wait_for_training
 
 QUIET = ["log.quiet=true", "run.name=r"]
 
@@ -22,7 +22,7 @@ def summary(cwd: Path) -> dict:
 
 
 def test_eval_every_and_clipping(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", *QUIET, "train.epochs=2", "train.eval_every=4", "train.grad_clip=0.5"], tmp_path)
+    r = launch_here([f"recipe={tiny}", *QUIET, "train.epochs=2", "train.eval_every=4", "train.grad_clip=0.5"], tmp_path)
     assert r.returncode == 0, r.stderr
     events = read_jsonl(run_dir(tmp_path) / "metrics.jsonl")
     val_steps = [e["step"] for e in events if "val/loss" in e]
@@ -41,25 +41,25 @@ def test_early_stopping_ends_the_run_as_completed(tmp_path, tiny):
         "train.early_stopping.patience=2",
         "train.early_stopping.min_delta=0.01",
     ]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     s = summary(tmp_path)
     assert s["status"] == "completed" and s["early_stopped"] is True
     assert s["epochs"] == 3  # best at epoch 1, then 2 evaluations without improvement
     # running it again does not train again
-    again = run_launch(args, tmp_path)
+    again = launch_here(args, tmp_path)
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def test_unknown_monitor_is_one_line(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", *QUIET, "train.early_stopping.monitor=val/los"], tmp_path)
+    r = launch_here([f"recipe={tiny}", *QUIET, "train.early_stopping.monitor=val/los"], tmp_path)
     assert r.returncode == 2  # refused before training: the recipe declares its metric_names
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "val/los is not a metric" in errors[0] and "val/loss" in errors[0]
 
 
 def test_a_crashing_recipe_fails_with_its_traceback_and_a_summary(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", *QUIET, "data.fail_at_item=30"], tmp_path)
+    r = launch_here([f"recipe={tiny}", *QUIET, "data.fail_at_item=30"], tmp_path)
     assert r.returncode == 1
     assert "Traceback" in r.stderr and "broken sample 30" in r.stderr
     s = summary(tmp_path)
@@ -90,14 +90,14 @@ def test_evaluation_cadence_does_not_change_training(tmp_path, tiny):
     for every in (0, 3):
         cwd = tmp_path / f"every{every}"
         cwd.mkdir()
-        r = run_launch([f"recipe={tiny}", *QUIET, "train.epochs=2", f"train.eval_every={every}"], cwd)
+        r = launch_here([f"recipe={tiny}", *QUIET, "train.epochs=2", f"train.eval_every={every}"], cwd)
         assert r.returncode == 0, r.stderr
         weights.append(load_file(str(run_dir(cwd) / "model.safetensors")))
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
 
 
 def test_bf16_mixed_on_the_cpu_trains(tmp_path, tiny):
-    r = run_launch([f"recipe={tiny}", *QUIET, "train.epochs=1", "--precision", "bf16-mixed"], tmp_path)
+    r = launch_here([f"recipe={tiny}", *QUIET, "train.epochs=1", "--precision", "bf16-mixed"], tmp_path)
     assert r.returncode == 0, r.stderr
     s = summary(tmp_path)
     assert s["status"] == "completed" and s["final_metrics"]["train/loss"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, launch_env, run_launch
+from tests.conftest import ROOT, TINY, launch_env, launch_here
 
 RECIPE_FILES = sorted((ROOT / "recipes").glob("*.py"))
 DEVICE_STRINGS = ("cuda", "cpu", "mps")
@@ -156,32 +156,32 @@ class NoStep(Recipe):
 
 def test_recipe_without_step_names_step(tmp_path):
     (tmp_path / "mine.py").write_text(NO_STEP)
-    line = assert_bad_input(run_launch(["recipe=mine.py:NoStep"], tmp_path), tmp_path)
+    line = assert_bad_input(launch_here(["recipe=mine.py:NoStep"], tmp_path), tmp_path)
     assert "does not implement step" in line
     assert "build_model" not in line.split(";")[0]  # only the missing method is named
 
 
 def test_recipe_file_that_does_not_exist(tmp_path):
-    line = assert_bad_input(run_launch(["recipe=nowhere/mine.py:Mine"], tmp_path), tmp_path)
+    line = assert_bad_input(launch_here(["recipe=nowhere/mine.py:Mine"], tmp_path), tmp_path)
     assert "recipe file nowhere/mine.py not found" in line
 
 
 def test_recipe_module_that_does_not_exist(tmp_path):
-    line = assert_bad_input(run_launch(["recipe=no_such_pkg.recipes:Mine"], tmp_path), tmp_path)
+    line = assert_bad_input(launch_here(["recipe=no_such_pkg.recipes:Mine"], tmp_path), tmp_path)
     assert "cannot import recipe module 'no_such_pkg.recipes'" in line
 
 
 def test_missing_class_names_the_classes_there(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "tiny_recipe.py").write_text(Path(TINY.rpartition(":")[0]).read_text())
-    line = assert_bad_input(run_launch(["recipe=tests/tiny_recipe.py:Nope"], tmp_path), tmp_path)
+    line = assert_bad_input(launch_here(["recipe=tests/tiny_recipe.py:Nope"], tmp_path), tmp_path)
     assert "has no class 'Nope'" in line
     assert "classes there:" in line and "Tiny" in line.split("classes there:")[1]
 
 
 def test_a_recipe_that_is_not_a_class(tmp_path):
     (tmp_path / "mine.py").write_text("def step(model, batch):\n    return None\n")
-    line = assert_bad_input(run_launch(["recipe=mine.py:step"], tmp_path), tmp_path)
+    line = assert_bad_input(launch_here(["recipe=mine.py:step"], tmp_path), tmp_path)
     assert "is not a class" in line
 
 

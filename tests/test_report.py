@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.conftest import launch_env, run_launch, start, wait_for_training
+from tests.conftest import launch_env, launch_here, start, wait_for_training
 
 PLOTS = ("loss.png", "metrics.png", "lr.png", "throughput.png")
 
@@ -22,7 +22,7 @@ def run_dir(cwd: Path, name: str) -> Path:
 
 
 def train(tmp_path: Path, tiny: str, name: str, *extra: str) -> Path:
-    r = run_launch([f"recipe={tiny}", "log.quiet=true", f"run.name={name}", "train.epochs=2", *extra], tmp_path)
+    r = launch_here([f"recipe={tiny}", "log.quiet=true", f"run.name={name}", "train.epochs=2", *extra], tmp_path)
     assert r.returncode == 0, r.stderr
     return run_dir(tmp_path, name)
 
@@ -58,7 +58,7 @@ def test_report_compares_runs_in_any_state(tmp_path, tiny):
     (running / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
 
     out = tmp_path / "report-out"
-    r = run_launch(["report", str(a), str(b), str(run_dir(tmp_path, "p")), str(running), "--out", str(out)], tmp_path)
+    r = launch_here(["report", str(a), str(b), str(run_dir(tmp_path, "p")), str(running), "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert_plots(out)
     table = rows(r.stdout)
@@ -105,7 +105,7 @@ def test_report_bad_paths_are_one_line(tmp_path, tiny):
         ([], "Missing argument"),
     ]
     for args, needle in cases:
-        r = run_launch(["report", *args], tmp_path)
+        r = launch_here(["report", *args], tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], (args, r.stderr)

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import evaluate_saved, only_run_dir, read_jsonl, run_launch
+from tests.conftest import evaluate_saved, launch_here, only_run_dir, read_jsonl
 
 FAST = ["data.image_size=16", "train.batch_size=16", "train.max_steps=3", "train.log_every=1", "log.quiet=true"]
 # Any download attempt fails at once (no waiting on DNS or a firewall).
@@ -33,7 +33,7 @@ def completed(cwd: Path) -> tuple[Path, dict]:
 
 
 def test_digits_trains_and_writes_the_run_directory(tmp_path):
-    r = run_launch(["recipe=resnet_finetune", *FAST], tmp_path)
+    r = launch_here(["recipe=resnet_finetune", *FAST], tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert summary["global_step"] == 3
@@ -59,7 +59,7 @@ def test_fake_data_with_channels_last_and_frozen_backbone(tmp_path):
         "model.freeze_backbone=true",
         *FAST,
     ]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, _ = completed(tmp_path)
     trained = load_file(str(run_dir / "model.safetensors"))
@@ -87,7 +87,7 @@ def make_image_folder(root: Path, classes=("cat", "dog"), per_class=3) -> Path:
 
 def test_image_folder_end_to_end(tmp_path):
     data = make_image_folder(tmp_path / "data")
-    r = run_launch(["recipe=resnet_finetune", "data.name=image_folder", f"data.root={data}", *FAST], tmp_path)
+    r = launch_here(["recipe=resnet_finetune", "data.name=image_folder", f"data.root={data}", *FAST], tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert load_file(str(run_dir / "model.safetensors"))["fc.weight"].shape == (2, 512)
@@ -100,7 +100,7 @@ def test_local_weights_file_initialises_the_backbone(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in pretrained.state_dict().items()}}, path)
     args = ["recipe=resnet_finetune", f"model.weights={path}", "model.freeze_backbone=true", *FAST]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, _ = completed(tmp_path)
     trained = load_file(str(run_dir / "model.safetensors"))
@@ -110,7 +110,7 @@ def test_local_weights_file_initialises_the_backbone(tmp_path):
 
 def test_backbone_lr_mult_slows_the_backbone(tmp_path):
     args = ["recipe=resnet_finetune", "train.backbone_lr_mult=0", "train.weight_decay=0", *FAST]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, _ = completed(tmp_path)
     trained = load_file(str(run_dir / "model.safetensors"))
@@ -135,14 +135,14 @@ def test_backbone_lr_mult_slows_the_backbone(tmp_path):
 def test_bad_weights_file_is_one_line_and_writes_nothing(tmp_path, make, expect):
     path = tmp_path / "w.pth"
     make(path)
-    r = run_launch(["recipe=resnet_finetune", f"model.weights={path}", *FAST], tmp_path)
+    r = launch_here(["recipe=resnet_finetune", f"model.weights={path}", *FAST], tmp_path)
     assert r.returncode == 2
     assert expect in one_error_line(r.stderr)
     assert not (tmp_path / "runs").exists()
 
 
 def test_pretrained_weights_offline_says_how_to_pass_a_file(tmp_path):
-    r = run_launch(
+    r = launch_here(
         ["recipe=resnet_finetune", "model.weights=DEFAULT", *FAST],
         tmp_path,
         TORCH_HOME=str(tmp_path / "torch-home"),
@@ -155,7 +155,7 @@ def test_pretrained_weights_offline_says_how_to_pass_a_file(tmp_path):
 
 
 def test_cifar10_offline_is_one_line(tmp_path):
-    r = run_launch(
+    r = launch_here(
         ["recipe=resnet_finetune", "data.name=cifar10", f"data.root={tmp_path / 'cifar'}", *FAST], tmp_path, **OFFLINE
     )
     assert r.returncode == 2
@@ -164,7 +164,7 @@ def test_cifar10_offline_is_one_line(tmp_path):
 
 
 def test_two_processes_on_digits(tmp_path):
-    r = run_launch(["recipe=resnet_finetune", *FAST, "--procs", "2", "--device", "cpu"], tmp_path)
+    r = launch_here(["recipe=resnet_finetune", *FAST, "--procs", "2", "--device", "cpu"], tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert summary["global_step"] == 3 and summary["global_batch_size"] == 32

@@ -18,9 +18,9 @@ from launcher.runtime.loggers import is_measured
 from tests.conftest import (
     assert_same_weights,
     has_checkpoint,
+    launch_here,
     only_run_dir,
     read_jsonl,
-    run_launch,
     start,
     wait_for_training,
 )
@@ -43,7 +43,7 @@ def kill_and_rerun(args: list[str], cwd: Path, kills: int, rng: random.Random) -
                 proc.send_signal(signal.SIGKILL)
                 done += resumable
         proc.communicate(timeout=120)
-    final = run_launch(args, cwd)
+    final = launch_here(args, cwd)
     assert final.returncode == 0, final.stderr
     return done
 
@@ -61,7 +61,7 @@ def test_sigkill_anywhere_resumes_bit_exact(tmp_path, tiny, extra):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     ref.mkdir()
     killed.mkdir()
-    r = run_launch(args, ref)
+    r = launch_here(args, ref)
     assert r.returncode == 0, r.stderr
     n = kill_and_rerun(args, killed, kills=4, rng=random.Random(zlib.crc32(" ".join(extra).encode())))
     assert n >= 1, "no kill landed after a checkpoint: make the run longer"
@@ -84,7 +84,7 @@ def test_stop_request_saves_and_resumes(tmp_path, tiny, sig, status, code):
     ref, stopped = tmp_path / "ref", tmp_path / "stopped"
     ref.mkdir()
     stopped.mkdir()
-    assert run_launch(args, ref).returncode == 0
+    assert launch_here(args, ref).returncode == 0
     proc = start(args, stopped)
     assert wait_for_training(stopped, proc)
     proc.send_signal(sig)
@@ -96,14 +96,14 @@ def test_stop_request_saves_and_resumes(tmp_path, tiny, sig, status, code):
     step = summary["global_step"]
     # the stop saved a checkpoint at the step it stopped (not only at an epoch end)
     assert (run_dir / "checkpoints" / f"step-{step}" / "COMPLETE").is_file()
-    r = run_launch(args, stopped)
+    r = launch_here(args, stopped)
     assert r.returncode == 0, r.stderr
     assert_same_weights(only_run_dir(ref) / "model.safetensors", run_dir / "model.safetensors")
 
 
 def test_unreadable_newest_checkpoint_is_skipped(tmp_path, tiny):
     args = [f"recipe={tiny}", "train.epochs=3", "log.quiet=true", "checkpoint.keep_last=3", "run.name=r"]
-    first = run_launch([*args, "train.max_steps=12"], tmp_path)
+    first = launch_here([*args, "train.max_steps=12"], tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = only_run_dir(tmp_path)
     ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -111,7 +111,7 @@ def test_unreadable_newest_checkpoint_is_skipped(tmp_path, tiny):
     newest = ckpts[-1]
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
-    r = run_launch([*args, "train.max_steps=27"], tmp_path)
+    r = launch_here([*args, "train.max_steps=27"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"warning: checkpoint {newest.name} is damaged (state.pt: " in r.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -121,7 +121,7 @@ def test_unreadable_newest_checkpoint_is_skipped(tmp_path, tiny):
 
 def test_malicious_checkpoint_runs_nothing(tmp_path, tiny):
     args = [f"recipe={tiny}", "train.epochs=1", "log.quiet=true", "run.name=r"]
-    assert run_launch([*args, "train.max_steps=4"], tmp_path).returncode == 0
+    assert launch_here([*args, "train.max_steps=4"], tmp_path).returncode == 0
     run_dir = only_run_dir(tmp_path)
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     marker = tmp_path / "pwned"
@@ -136,7 +136,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path, tiny):
     from launcher.runtime.checkpoint import write_manifest
 
     write_manifest(newest)  # its checksum rewritten too: an attack, not damage (no fallback)
-    r = run_launch([*args, "train.max_steps=8"], tmp_path)
+    r = launch_here([*args, "train.max_steps=8"], tmp_path)
     assert not marker.exists(), "code from the checkpoint ran"
     assert r.returncode == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
@@ -152,6 +152,6 @@ def test_sigkill_sweep(tmp_path, tiny, extra):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     ref.mkdir()
     killed.mkdir()
-    assert run_launch(args, ref).returncode == 0
+    assert launch_here(args, ref).returncode == 0
     kill_and_rerun(args, killed, kills=25, rng=random.Random(7))
     assert_same_weights(only_run_dir(ref) / "model.safetensors", only_run_dir(killed) / "model.safetensors")

@@ -223,7 +223,7 @@ def test_default_metrics_divide_sums_by_count():
 
 
 def test_fold_window_adds_each_key_exactly():
-    from launcher.runtime.loop import fold_window
+    from launcher.runtime.window import fold_window
 
     window = [
         {"loss": torch.tensor(1.5), "correct": torch.tensor(2**40 + 1), "count": 8},
@@ -239,18 +239,16 @@ def test_fold_window_adds_each_key_exactly():
 
 
 def test_training_window_detaches_and_stays_bounded():
-    from types import SimpleNamespace
-
-    from launcher.runtime.loop import WINDOW_FOLD, Trainer, fold_window
+    from launcher.runtime.window import WINDOW_FOLD, MetricWindow, fold_window
 
     w = torch.ones((), requires_grad=True)
-    trainer = SimpleNamespace(window=[])
+    window = MetricWindow()
     steps = 2 * WINDOW_FOLD + 3
     for _ in range(steps):
-        Trainer._add_window(trainer, {"loss": w * 2, "count": 1})
-    assert len(trainer.window) <= WINDOW_FOLD
-    assert not any(s["loss"].requires_grad for s in trainer.window)  # no step's graph is kept
-    total = fold_window(trainer.window)
+        window.add({"loss": w * 2, "count": 1})
+    assert len(window.sums) <= WINDOW_FOLD
+    assert not any(s["loss"].requires_grad for s in window.sums)  # no step's graph is kept
+    total = fold_window(window.sums)
     assert total["loss"].item() == 2 * steps and total["count"] == steps
 
 

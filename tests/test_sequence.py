@@ -17,7 +17,7 @@ from launcher.config import resolve
 from launcher.errors import ConfigError
 from launcher.recipe_loader import load_recipe
 from recipes._nets import SequenceClassifier
-from tests.conftest import evaluate_saved, launch_env, only_run_dir, read_jsonl, run_launch
+from tests.conftest import evaluate_saved, launch_env, launch_here, only_run_dir, read_jsonl
 
 # one thread: the machine running the suite is shared, and 2 threads contending stall badly
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -96,7 +96,7 @@ def test_synthetic_sequences_have_variable_lengths():
 
 
 def test_digits_learns_in_two_epochs(tmp_path):
-    r = run_launch(["recipe=sequence", "train.epochs=2", "log.quiet=true"], tmp_path, **ENV)
+    r = launch_here(["recipe=sequence", "train.epochs=2", "log.quiet=true"], tmp_path, **ENV)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert summary["final_metrics"]["val/acc"] > 0.6  # chance: 0.1 (the default 15 epochs: ~98 %)
@@ -117,7 +117,7 @@ def test_stacked_unidirectional_lstm_on_synthetic_sequences(tmp_path):
         "train.epochs=4",
         "log.quiet=true",
     ]
-    r = run_launch(args, tmp_path, **ENV)
+    r = launch_here(args, tmp_path, **ENV)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     weights = load_file(str(run_dir / "model.safetensors"))
@@ -150,7 +150,7 @@ def test_a_users_npz_file(tmp_path):
         "train.batch_size=8",
         "log.quiet=true",
     ]
-    r = run_launch(args, tmp_path, **ENV)
+    r = launch_here(args, tmp_path, **ENV)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert load_file(str(run_dir / "model.safetensors"))["fc.weight"].shape == (4, 256)  # classes from labels
@@ -175,11 +175,11 @@ def test_bad_npz_files_are_named(tmp_path, override, expect):
 
 
 def test_bad_input_is_one_line_before_anything_starts(tmp_path):
-    r = run_launch(["recipe=sequence", "data.name=file", f"data.path={tmp_path / 'none.npz'}"], tmp_path)
+    r = launch_here(["recipe=sequence", "data.name=file", f"data.path={tmp_path / 'none.npz'}"], tmp_path)
     assert "none.npz not found" in one_error_line(r)
-    r = run_launch(["recipe=sequence", "data.name=file"], tmp_path)
+    r = launch_here(["recipe=sequence", "data.name=file"], tmp_path)
     assert "data.name=file needs data.path=" in one_error_line(r)
-    r = run_launch(["recipe=sequence", "model.cell=transformer"], tmp_path)
+    r = launch_here(["recipe=sequence", "model.cell=transformer"], tmp_path)
     assert "model.cell" in one_error_line(r)
     assert not (tmp_path / "runs").exists()
 
@@ -187,7 +187,7 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path):
 def test_two_processes_report_exact_metrics_over_the_whole_val_set(tmp_path):
     keys = ["data.name=synthetic", "data.size=150", "model.hidden_size=16", "model.dropout=0"]
     args = ["recipe=sequence", *keys, "train.epochs=2", "train.batch_size=8", "log.quiet=true"]
-    r = run_launch([*args, "--procs", "2", "--device", "cpu"], tmp_path)
+    r = launch_here([*args, "--procs", "2", "--device", "cpu"], tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir, summary = completed(tmp_path)
     assert summary["global_batch_size"] == 16

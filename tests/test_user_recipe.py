@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, launch_env, only_run_dir, run_launch
+from tests.conftest import ROOT, launch_env, launch_here, only_run_dir
 
 
 def readme_example() -> str:
@@ -21,7 +21,7 @@ def readme_example() -> str:
 
 def test_readme_recipe_example_trains(tmp_path: Path):
     (tmp_path / "my_recipe.py").write_text(readme_example())
-    r = run_launch(["recipe=my_recipe.py:Parity", "train.epochs=2", "log.quiet=true"], tmp_path)
+    r = launch_here(["recipe=my_recipe.py:Parity", "train.epochs=2", "log.quiet=true"], tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = only_run_dir(tmp_path)
     assert run_dir.parent.name == "Parity"

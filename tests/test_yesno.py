@@ -20,7 +20,7 @@ from launcher.errors import ConfigError
 from launcher.recipe_loader import load_recipe
 from recipes._nets import CTCNet
 from recipes.yesno import edit_distance, file_ids, greedy_decode, split_ids
-from tests.conftest import ROOT, evaluate_saved, only_run_dir, read_jsonl, run_launch
+from tests.conftest import ROOT, evaluate_saved, launch_here, only_run_dir, read_jsonl
 
 YESNO = load_recipe("yesno")
 ENV = {"OMP_NUM_THREADS": "1"}  # the suite's machine is shared: 2 contending threads stall badly
@@ -151,7 +151,7 @@ def trained(recordings, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("trained")
     root = cwd / "data"
     shutil.copytree(recordings / "waves_yesno", root / "waves_yesno")
-    r = run_launch(["recipe=yesno", f"data.root={root}", *SMALL], cwd, **ENV)
+    r = launch_here(["recipe=yesno", f"data.root={root}", *SMALL], cwd, **ENV)
     assert r.returncode == 0, r.stderr
     return only_run_dir(cwd)
 
@@ -171,7 +171,7 @@ def test_two_processes_sum_word_errors_over_every_held_out_file(data_root, tmp_p
     keys = [f"data.root={data_root}", "data.val_fraction=0.25"]
     more = [f"model.init_from={trained}", "train.epochs=2", "train.lr=0.0003", "train.warmup_steps=0"]
     args = ["recipe=yesno", *keys, *more, "log.quiet=true", "--procs", "2", "--device", "cpu"]
-    r = run_launch(args, tmp_path)
+    r = launch_here(args, tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -190,7 +190,7 @@ def test_augmentation_follows_the_runtime_seeds_so_a_continued_run_is_exact(data
     2 more gives bit-identical weights to 4 epochs at once."""
     keys = ["recipe=yesno", f"data.root={data_root}", "train.scheduler=none", "log.quiet=true"]
     for name, epochs in (("once", 4), ("split", 2), ("split", 4)):
-        r = run_launch([*keys, f"run.name={name}", f"train.epochs={epochs}"], tmp_path, **ENV)
+        r = launch_here([*keys, f"run.name={name}", f"train.epochs={epochs}"], tmp_path, **ENV)
         assert r.returncode == 0, r.stderr
     once = load_file(str(tmp_path / "runs" / "yesno" / "once" / "model.safetensors"))
     split = load_file(str(tmp_path / "runs" / "yesno" / "split" / "model.safetensors"))
@@ -202,7 +202,7 @@ def test_augmentation_follows_the_runtime_seeds_so_a_continued_run_is_exact(data
 
 def test_missing_recordings_say_where_to_put_them(tmp_path):
     root = tmp_path / "nothing"
-    r = run_launch(["recipe=yesno", f"data.root={root}", "data.download=false"], tmp_path)
+    r = launch_here(["recipe=yesno", f"data.root={root}", "data.download=false"], tmp_path)
     line = one_error_line(r)
     assert f"not found in {root}/waves_yesno/" in line and "waves_yesno.tar.gz" in line
     assert not (tmp_path / "runs").exists()
@@ -211,7 +211,7 @@ def test_missing_recordings_say_where_to_put_them(tmp_path):
 def test_download_offline_is_one_line(tmp_path):
     root = tmp_path / "empty"
     args = ["recipe=yesno", f"data.root={root}", "data.download=true", "log.quiet=true"]
-    r = run_launch(args, tmp_path, **ENV, **OFFLINE)
+    r = launch_here(args, tmp_path, **ENV, **OFFLINE)
     line = one_error_line(r)
     assert "could not download YESNO" in line and f"{root}/waves_yesno/" in line
     assert not (tmp_path / "runs").exists()
@@ -219,7 +219,7 @@ def test_download_offline_is_one_line(tmp_path):
 
 def test_a_file_name_that_is_not_a_word_list(data_root, tmp_path):
     shutil.copy(next((data_root / "waves_yesno").glob("*.wav")), data_root / "waves_yesno" / "hello.wav")
-    r = run_launch(["recipe=yesno", f"data.root={data_root}"], tmp_path)
+    r = launch_here(["recipe=yesno", f"data.root={data_root}"], tmp_path)
     assert "hello.wav: a YESNO file name lists its words" in one_error_line(r)
 
 

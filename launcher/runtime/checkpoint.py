@@ -1,6 +1,6 @@
 """Atomic checkpoints, finding the newest complete one, retention, and safe, verified loading.
 
-A checkpoint is a directory ``checkpoints/step-N/``::
+A checkpoint is a directory ``checkpoints/step-N/`` (the names: constants of :mod:`launcher.rundir`)::
 
     model.safetensors   unwrapped model weights (no ``module.``/``_orig_mod.`` prefixes)
     state.pt            optimizer, scheduler, scaler, progress, early-stopping/best state
@@ -29,15 +29,14 @@ damaged file is reported as damaged and resume falls back to the newest checkpoi
 verifies. A marker that holds only the step number (checkpoints written before manifests) is
 still loaded, unverified. The checksum guards against damage (bit flips, truncation), not
 against an attacker, who can rewrite the manifest too; that is what safe loading is for:
-safetensors and ``torch.load(weights_only=True)`` (DeepSpeed's files with the few DeepSpeed
-classes they hold allowed), so a checkpoint cannot run code.
+safetensors and ``torch.load(weights_only=True)`` (:mod:`launcher.weights`; DeepSpeed's files
+with the few DeepSpeed classes they hold allowed), so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -53,8 +52,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from launcher.errors import LaunchError
-from launcher.rundir import CHECKPOINT_PREFIX, COMPLETE_MARKER, RunDir, file_mode
+from launcher.errors import LaunchError, first_line
+from launcher.rundir import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_TMP_PREFIX,
+    COMPLETE_MARKER,
+    COMPLETE_MARKER_TMP,
+    CONFIG_FILE,
+    DCP_DIR,
+    ENGINE_DIR,
+    META_FILE,
+    MODEL_FILE,
+    RNG_FILE_RE,
+    SHARD_DIRS,
+    STATE_FILE,
+    RunDir,
+    file_mode,
+    rng_file,
+)
+from launcher.weights import DamagedFile, safe_torch_load, strip_prefixes
+from launcher.weights import load_state_file as load_state_file  # (re-exported: launcher/runtime/worker.py)
 
 # Names of the entries of state.pt (a checkpoint format contract).
 K_FORMAT = "format_version"
@@ -63,23 +80,11 @@ K_SCHEDULER = "scheduler"
 K_SCALER = "scaler"
 K_PROGRESS = "progress"
 K_TRACKERS = "trackers"
-K_LOGGERS = "loggers"
 K_RECIPE = "recipe"
 FORMAT_VERSION = 1
 
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
-CONFIG_FILE = "config.yaml"
-ENGINE_DIR = "deepspeed"  # engine-owned state (DeepSpeed), written by every rank
-SHARD_DIRS = (ENGINE_DIR, "dcp")  # where every rank writes its share (a strategy's ``shard_dir``)
 
-
-def rng_file(rank: int) -> str:
-    return f"rng-rank{rank}.pt"
-
-
-class CorruptCheckpoint(Exception):
+class CorruptCheckpoint(DamagedFile):
     """A checkpoint that cannot be read or does not verify (truncated, partial, damaged)."""
 
 
@@ -87,19 +92,13 @@ class CheckpointWriteError(Exception):
     """A background write of shards failed (raised from its future)."""
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 # ---------------------------------------------------------------------------- manifest
 # zlib's CRC-32: about twice sha256's speed and four times blake2b's here (docs/performance.md).
 # It detects damage; it is no signature (see the module docstring).
 CHECKSUM = "crc32"
-MARKER_TMP = COMPLETE_MARKER + ".tmp"
 _CHUNK = 1 << 22  # bytes read at a time: the page-cache copy stays in the CPU caches
 _SHARD_RANK = re.compile(r"zero_pp_rank_(\d+)_")  # DeepSpeed's per-rank files (ZeRO shards)
 _DCP_RANK = re.compile(r"__(\d+)_\d+\.distcp")  # torch.distributed.checkpoint's per-rank files
-_RNG_RANK = re.compile(r"rng-rank(\d+)\.pt")
 
 
 def file_checksum(path: Path) -> tuple[int, str]:
@@ -136,7 +135,7 @@ def _manifest(directory: Path, fsync: bool = False, checksums: bool = True) -> d
     other threads compute the checksums: CPU and disk at once; without ``checksums`` that is
     all it does)."""
     found = sorted(directory.rglob("*"))
-    files = [f for f in found if f.is_file() and f.name not in (COMPLETE_MARKER, MARKER_TMP)]
+    files = [f for f in found if f.is_file() and f.name not in (COMPLETE_MARKER, COMPLETE_MARKER_TMP)]
     pool = (
         ThreadPoolExecutor(min(_workers(), len(files)), thread_name_prefix="checksum") if checksums and files else None
     )
@@ -153,7 +152,7 @@ def _manifest(directory: Path, fsync: bool = False, checksums: bool = True) -> d
 
 def _write_marker(directory: Path, step: int, files: dict[str, list]) -> None:
     """The manifest as the ``COMPLETE`` marker, atomically (temporary name, fsync, rename)."""
-    tmp = directory / MARKER_TMP
+    tmp = directory / COMPLETE_MARKER_TMP
     listed = ",\n".join(f" {json.dumps(rel)}: {json.dumps(entry)}" for rel, entry in files.items())
     tmp.write_text(f'{{"step": {step}, "checksum": "{CHECKSUM}", "files": {{\n{listed}\n}}}}\n')  # a file a line
     _fsync_file(tmp)
@@ -199,9 +198,9 @@ def _reads(rel: str, rank: int) -> bool:
     the shared files, its own RNG file and its own ZeRO or DCP shards; after a change of the
     process count DCP reads other ranks' shards too: those are checked for size.)"""
     m = (
-        _RNG_RANK.fullmatch(rel)
+        RNG_FILE_RE.fullmatch(rel)
         or (_SHARD_RANK.search(rel) if rel.startswith(ENGINE_DIR + "/") else None)
-        or (_DCP_RANK.search(rel) if rel.startswith("dcp/") else None)
+        or (_DCP_RANK.search(rel) if rel.startswith(DCP_DIR + "/") else None)
     )
     return m is None or int(m.group(1)) == rank
 
@@ -227,21 +226,6 @@ def verify(path: Path, manifest: dict[str, tuple[int, str]], rank: int | None = 
     return set(read)
 
 
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (DataParallel/DDP ``module.``, torch.compile ``_orig_mod.``)."""
-    out = {}
-    for k, v in state.items():
-        while True:
-            for prefix in ("module.", "_orig_mod."):
-                if k.startswith(prefix):
-                    k = k[len(prefix) :]
-                    break
-            else:
-                break
-        out[k] = v
-    return out
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -258,23 +242,6 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def safe_torch_load(path: Path | str, map_location: Any = "cpu", allowed: Iterable[type] = ()) -> Any:
-    """``torch.load`` that never executes code from the file (``allowed``: the classes, beyond
-    tensors and plain containers, that it may rebuild -- DeepSpeed's files hold a few)."""
-    try:
-        with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise LaunchError(
-                f"{path} contains pickled code or objects, not just tensors; refused to load it "
-                "(only load checkpoints you trust, saved by this tool or as a plain state_dict)"
-            ) from None
-        raise CorruptCheckpoint(f"{path}: {e}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CorruptCheckpoint(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 class EngineLoads:
@@ -302,34 +269,10 @@ class EngineLoads:
                 verify(self.root, {rel: self.manifest[rel]})
                 self.verified.add(rel)
             return safe_torch_load(path, "cpu" if map_location is None else map_location, allowed)
-        except CorruptCheckpoint as e:
+        except DamagedFile as e:  # (a CorruptCheckpoint too)
             raise LaunchError(
                 f"checkpoint {self.root} is damaged ({e}); resume from an earlier checkpoint with run.resume=PATH"
             ) from None
-
-
-def load_state_file(path: str) -> dict[str, torch.Tensor]:
-    """A weights file given by the user: safetensors, or a torch state_dict (safely)."""
-    p = Path(path)
-    try:
-        if p.suffix == ".safetensors":
-            state = load_file(str(p))
-        else:
-            state = safe_torch_load(p)
-    except CorruptCheckpoint as e:
-        raise LaunchError(f"cannot read weights file {path} ({e}); pass a state_dict saved with torch.save") from None
-    except Exception as e:  # safetensors header errors
-        raise LaunchError(f"cannot read weights file {path} ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LaunchError(
-            f"weights file {path} does not hold a state_dict (name -> tensor); pass one saved with torch.save(model.state_dict())"
-        )
-    return strip_prefixes(state)
 
 
 def copy_to_cpu(obj: Any, reuse: Any = None) -> Any:
@@ -445,7 +388,7 @@ class CheckpointManager:
                 pending.result()
             except BaseException as e:  # (DCP's CheckpointException is a BaseException)
                 raise LaunchError(
-                    f"cannot write this rank's checkpoint shards in {self.root}: {_first_line(e)}"
+                    f"cannot write this rank's checkpoint shards in {self.root}: {first_line(e)}"
                 ) from None
         if self._thread is not None:
             self._thread.join()
@@ -462,7 +405,7 @@ class CheckpointManager:
 
     def _write(self, step, model_state, state, rngs, meta, config_text, shards=None, pending=None) -> None:
         final = self.root / f"{CHECKPOINT_PREFIX}{step}"
-        tmp = self.root / f".tmp-{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / f"{CHECKPOINT_TMP_PREFIX}{CHECKPOINT_PREFIX}{step}-{uuid.uuid4().hex[:8]}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
@@ -482,7 +425,7 @@ class CheckpointManager:
                     try:
                         pending.result()
                     except BaseException as e:  # (DCP's CheckpointException is a BaseException)
-                        raise CheckpointWriteError(_first_line(e)) from None
+                        raise CheckpointWriteError(first_line(e)) from None
                 os.rename(shards[1], tmp / shards[0])
             # every file is read back (from the page cache) for its checksum, then fsynced
             files = _manifest(tmp, fsync=True, checksums=self.checksums)
@@ -503,7 +446,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             if shards is not None:
                 shutil.rmtree(shards[1], ignore_errors=True)
-            reason = getattr(e, "strerror", None) or _first_line(e)
+            reason = getattr(e, "strerror", None) or first_line(e)
             raise LaunchError(
                 f"cannot write checkpoint step-{step} in {self.root}: {reason}; "
                 "free disk space or fix permissions, then run the same command again to resume "
@@ -533,7 +476,7 @@ class CheckpointManager:
         if not self.root.is_dir():
             return
         for p in self.root.iterdir():
-            if p.name.startswith(".tmp-") or (
+            if p.name.startswith(CHECKPOINT_TMP_PREFIX) or (
                 p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir() and not (p / COMPLETE_MARKER).exists()
             ):
                 shutil.rmtree(p, ignore_errors=True)
@@ -628,5 +571,5 @@ def _load_member(path: Path, rel: str) -> Any:
     """A torch file of checkpoint ``path``, safely; damage named by the file's name."""
     try:
         return safe_torch_load(path / rel)
-    except CorruptCheckpoint as e:
+    except DamagedFile as e:
         raise CorruptCheckpoint(f"{rel}: {str(e).removeprefix(f'{path / rel}: ')}") from None

@@ -29,9 +29,21 @@ from pathlib import Path
 
 from launcher import yamlio
 from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
-from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError
+from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError, first_line
 from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
-from launcher.rundir import EXIT_CODE_FILE, RunDir, file_mode, global_batch_line, holds_secrets, read_plan, write_atomic
+from launcher.rundir import (
+    CONFIG_FILE,
+    EXIT_CODE_FILE,
+    LOGS_DIR,
+    MODEL_FILE,
+    RunDir,
+    file_mode,
+    global_batch_line,
+    holds_secrets,
+    rank_log_file,
+    read_plan,
+    write_atomic,
+)
 from launcher.runlock import RunBusy
 from launcher.signals import PARENT_ENV
 from launcher.startup import imports_without_gc
@@ -213,7 +225,8 @@ def main(run_dir: str) -> int:
         write_summary(rd, summary)
         if code == EXIT_BAD_INPUT:
             _tell_launch_bad_input(rd)  # (it would read "failed", 1, from the summary)
-        parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary; closes metrics.jsonl
+        parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary and exit code
+        parts.loggers.close()  # every backend and metrics.jsonl, once
         if status == "completed":
             shown = "  ".join(f"{k}={v:.4f}" for k, v in summary["final_metrics"].items())
             info(f"completed {summary['global_step']} steps in {summary['wall_time_sec']:.1f}s: {shown}")
@@ -228,11 +241,11 @@ def main(run_dir: str) -> int:
 
 def _redirect_output(rd: RunDir, rank: int) -> None:
     """Ranks other than 0 write to ``logs/rank-<R>.log`` instead of the terminal."""
-    log_dir = rd.path / "logs"
+    log_dir = rd.path / LOGS_DIR
     log_dir.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(log_dir / f"rank-{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # (the umask applies)
+    fd = os.open(log_dir / rank_log_file(rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # (the umask applies)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -275,7 +288,7 @@ def export_model(weights: dict, cfg, rd: RunDir) -> None:
     """Final weights of the unwrapped model -> model.safetensors (atomically)."""
     from safetensors.torch import save_file
 
-    from launcher.runtime.checkpoint import strip_prefixes
+    from launcher.weights import strip_prefixes
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(weights).items()}
     tmp = rd.model.with_name(f".{rd.model.name}.tmp")
@@ -285,14 +298,14 @@ def export_model(weights: dict, cfg, rd: RunDir) -> None:
 
 
 def _load_init_weights(model, path: str) -> None:
-    from launcher.runtime.checkpoint import load_state_file
+    from launcher.weights import load_state_file
 
     p = Path(path)
     if p.is_dir():
-        candidates = [p / "model.safetensors"]
+        candidates = [p / MODEL_FILE]
         ckpts = RunDir(p).complete_checkpoints()
         if ckpts:
-            candidates.append(ckpts[0] / "model.safetensors")
+            candidates.append(ckpts[0] / MODEL_FILE)
         p = next((c for c in candidates if c.is_file()), None)
         if p is None:
             raise LaunchError(
@@ -304,7 +317,7 @@ def _load_init_weights(model, path: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise LaunchError(f"model.init_from={path} does not fit this model ({str(e).splitlines()[0]})") from None
+        raise LaunchError(f"model.init_from={path} does not fit this model ({first_line(e)})") from None
 
 
 def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
@@ -314,11 +327,11 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     from launcher.runtime import checkpoint as ckpt
     from launcher.runtime import rng
     from launcher.runtime.loggers import ConsoleProgress, JsonlLogger, make_loggers
-    from launcher.runtime.loop import Parts, Trainer
+    from launcher.runtime.loop import Parts, Trainer, planned_steps, restore_parts
+    from launcher.runtime.monitor import plateau_monitor
     from launcher.runtime.optim import build_optimizer, build_scheduler, check_schedule_length
 
-    if cfg.run.deterministic:
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(cfg.run.deterministic)  # (both ways: `launch` in-process may run twice)
     # cuDNN picks the fastest convolution algorithms for the shapes it meets (what a hand-tuned
     # loop sets); the choice is timed, so it is off for run.deterministic.
     torch.backends.cudnn.benchmark = not cfg.run.deterministic
@@ -354,56 +367,58 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
     )
     manager.private_config = holds_secrets(to_plain(cfg))
+    _, total_steps = planned_steps(cfg, train_sampler.batches_per_epoch())
+    scheduler = build_scheduler(
+        strategy.torch_optimizer(optimizer),
+        cfg.train,
+        total_steps,
+        monitor_mode=plateau_monitor(cfg)[1],
+        warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
+    )  # fmt: skip  (Accelerate and DeepSpeed wrap the torch optimizer)
+
+    loaded = find_resume(cfg, manager, rd, info, strategy.comm)
+    resume_step, trackers = None, {}
+    if loaded is not None:
+        check_resume_config(cfg, loaded)
+        check_schedule_length(scheduler, loaded["state"][ckpt.K_SCHEDULER], cfg.train, Path(loaded["path"]))
+        restore_parts(loaded, strategy, model, optimizer, scheduler, precision)
+        progress, trackers = loaded["state"][ckpt.K_PROGRESS], loaded["state"][ckpt.K_TRACKERS]
+        resume_step = progress.get("global_step", 0)
+        info(f"resumed from {loaded['path']} (step {resume_step}, epoch {progress.get('epoch', 0)})")
+    loggers = wandb_id = None
+    if env.is_main:
+        manager.clean_partial()
+        jsonl = JsonlLogger(rd.metrics, (trackers.get("metrics_offset") or 0) if loaded is not None else None, _say)
+    if loaded is None:
+        info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
+    if env.is_main:
+        # a checkpoint of this run (not one passed with run.resume=PATH) knows this run's wandb id
+        own = loaded is not None and Path(loaded["path"]).resolve().parent == rd.checkpoints.resolve()
+        loggers, wandb_id = make_loggers(
+            cfg, rd.path, jsonl, resume_step, trackers.get("wandb_id") if own else None,
+            strategy.unwrap(model), info, _say,
+        )  # fmt: skip
+    show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
     parts = Parts(
         cfg=cfg,
         recipe=recipe,
         strategy=strategy,
         model=model,
         optimizer=optimizer,
-        scheduler=None,
+        scheduler=scheduler,
         precision=precision,
         train_sampler=train_sampler,
         train_loader=train_loader,
         val_loader=val_loader,
         checkpoints=manager,
-        run_dir=rd,
         stop=stop,
-        loggers=None,
-        console=ConsoleProgress(0, 0, False),
-        info=info,
+        loggers=loggers,
+        console=ConsoleProgress(total_steps, resume_step or 0, show_bar),
         world_size=env.world_size,
+        wandb_id=wandb_id,
     )
-    trainer = Trainer(parts)
-    torch_optimizer = strategy.torch_optimizer(optimizer)  # (Accelerate and DeepSpeed wrap it)
-    parts.scheduler = build_scheduler(
-        torch_optimizer, cfg.train, trainer.total_steps(), monitor_mode=trainer.plateau_mode,
-        warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
-    )  # fmt: skip
-    trainer.plateau = isinstance(parts.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-    loaded = find_resume(cfg, manager, rd, info, strategy.comm)
-    resumed_from = None
-    if loaded is not None:
-        check_resume_config(cfg, loaded)
-        check_schedule_length(parts.scheduler, loaded["state"][ckpt.K_SCHEDULER], cfg.train, Path(loaded["path"]))
-        trainer.load(loaded)
-        resumed_from = str(loaded["path"])
-        info(f"resumed from {loaded['path']} (step {trainer.progress.global_step}, epoch {trainer.progress.epoch})")
-    if env.is_main:
-        manager.clean_partial()
-        keep = (trainer.trackers.metrics_offset or 0) if loaded is not None else None
-        jsonl = JsonlLogger(rd.metrics, keep, _say)
-    if loaded is None:
-        info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
-    if env.is_main:
-        # a checkpoint of this run (not one passed with run.resume=PATH) knows this run's wandb id
-        own = loaded is not None and Path(loaded["path"]).resolve().parent == rd.checkpoints.resolve()
-        parts.loggers, trainer.trackers.wandb_id = make_loggers(
-            cfg, rd.path, jsonl, trainer.progress.global_step if loaded is not None else None,
-            trainer.trackers.wandb_id if own else None, strategy.unwrap(model), info, _say,
-        )  # fmt: skip
-    show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
-    parts.console = ConsoleProgress(trainer.total_steps(), trainer.progress.global_step, show_bar)
+    trainer = Trainer(parts, resume=loaded)
+    resumed_from = str(loaded["path"]) if loaded is not None else None
     return parts, trainer, resumed_from
 
 
@@ -446,7 +461,7 @@ def find_resume(cfg, manager, rd: RunDir, info, comm=None):
 
 def check_resume_config(cfg, loaded) -> None:
     """Refuse a checkpoint whose config differs in keys that change results."""
-    cfg_file = Path(loaded["path"]) / "config.yaml"
+    cfg_file = Path(loaded["path"]) / CONFIG_FILE
     try:
         old = yamlio.load(cfg_file.read_text()) or {}
     except (OSError, yamlio.YAMLError):

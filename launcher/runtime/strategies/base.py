@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from launcher.errors import LaunchError
+from launcher.errors import LaunchError, first_line
 from launcher.runtime.env import DistEnv
 
 
@@ -180,7 +180,7 @@ class Collectives:
 
 
 def rendezvous_failure(env: DistEnv, timeout_s: float, error: BaseException) -> str:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    first = first_line(error, 200)
     return (
         f"rank {env.rank} of {env.world_size} could not join the others at {env.master_addr}:{env.master_port} "
         f"within dist.timeout_s={timeout_s:g} ({first}); check that every node can reach that address "
@@ -270,9 +270,8 @@ def load_full_state(loaded: dict[str, Any], module: torch.nn.Module, optimizer: 
     try:
         module.load_state_dict(loaded["model"])
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
         raise LaunchError(
-            f"checkpoint {loaded['path']} does not fit this model ({first}); "
+            f"checkpoint {loaded['path']} does not fit this model ({first_line(e)}); "
             "it was saved by a different recipe or architecture"
         ) from None
     optimizer.load_state_dict(state[K_OPTIMIZER])

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from launcher.errors import LaunchError
+from launcher.rundir import ENGINE_DIR, ENGINE_TAG
 from launcher.runtime.env import DistEnv
 from launcher.runtime.strategies.base import Collectives, broadcast_buffers, destroy_process_group
 from launcher.runtime.strategies.single import Single
@@ -19,7 +20,7 @@ from launcher.runtime.strategies.single import Single
 
 class DeepSpeed(Single):
     name = "deepspeed"
-    shard_dir = "deepspeed"  # (the checkpoint format users have: checkpoint.ENGINE_DIR)
+    shard_dir = ENGINE_DIR
 
     def __init__(self, env: DistEnv, device: torch.device, cfg: Any) -> None:
         import deepspeed
@@ -104,7 +105,7 @@ class DeepSpeed(Single):
 
     def save_shards(self, directory: Path, model, optimizer, background: bool = False):
         """Every rank writes its share of the engine state (collective)."""
-        self.engine.save_checkpoint(str(directory), tag="engine", save_latest=False)
+        self.engine.save_checkpoint(str(directory), tag=ENGINE_TAG, save_latest=False)
         return None
 
     def load_state(self, loaded: dict[str, Any], model, optimizer) -> None:
@@ -131,7 +132,7 @@ class DeepSpeed(Single):
         self.engine.checkpoint_engine = _SafeLoads(own, EngineLoads(loaded), allowed)
         try:
             path, _ = self.engine.load_checkpoint(
-                str(directory), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False
+                str(directory), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
             )
         finally:
             self.engine.checkpoint_engine = own

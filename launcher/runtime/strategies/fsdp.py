@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from launcher.errors import LaunchError
+from launcher.rundir import DCP_DIR
 from launcher.runtime.env import DistEnv
 from launcher.runtime.precision import Precision
 from launcher.runtime.strategies.base import (
@@ -63,7 +64,7 @@ def shard_units(model: torch.nn.Module, names: tuple[str, ...] | list[str]) -> l
 
 class FSDP(Single):
     name = "fsdp"
-    shard_dir = "dcp"
+    shard_dir = DCP_DIR
     collective_forward = True
 
     def __init__(self, env: DistEnv, device: torch.device, cfg: Any) -> None:
