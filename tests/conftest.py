@@ -194,7 +194,16 @@ def evaluate_saved(run_dir: Path, batch_size: int = 50) -> dict:
 
 
 # Set by pytest itself, or by libraries the tests import once per process (not by the code under test).
-_ENV_SET_BY_LIBRARIES = ("PYTEST_CURRENT_TEST", "KMP_", "CUDA_MODULE_LOADING", "TORCHINDUCTOR_", "TRITON_", "PYTORCH_", "TF_", "DS_")
+_ENV_SET_BY_LIBRARIES = (
+    "PYTEST_CURRENT_TEST",
+    "KMP_",
+    "CUDA_MODULE_LOADING",
+    "TORCHINDUCTOR_",
+    "TRITON_",
+    "PYTORCH_",
+    "TF_",
+    "DS_",
+)
 
 
 @pytest.fixture(autouse=True)
