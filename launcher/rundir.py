@@ -275,6 +275,24 @@ def unwritable_base(path: Path) -> Path | None:
     return None if base.is_dir() and os.access(base, os.W_OK | os.X_OK) else base
 
 
+def config_changes(old: dict, cfg: Config) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """(changes that alter results, changes safe for an existing run) from the config ``old`` (a
+    run's or a checkpoint's config.yaml, plain) to ``cfg``: what decides whether a run directory or
+    a checkpoint may continue under ``cfg`` (the parent and the worker ask the same question)."""
+
+    def nameless(tree: dict) -> dict:  # (a run's name is not part of its config)
+        run = tree.get("run")
+        return {**tree, "run": {k: v for k, v in run.items() if k != "name"}} if isinstance(run, dict) else tree
+
+    return split_diff(diff_configs(nameless(old), nameless(to_plain(cfg))))
+
+
+def shown_changes(changes: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
+    """``key: old -> new`` of the first ``limit`` changes, and how many more."""
+    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit])
+    return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
 @dataclass
 class Prepared:
     """What the parent found in the run directory."""
@@ -307,13 +325,10 @@ def inspect_run_dir(cfg: Config, path: Path) -> Prepared:
         old = yamlio.load(rd.config.read_text()) or {}
     except (OSError, yamlio.YAMLError):
         raise ConfigError(f"{rd.config} is unreadable; pass another run.name=... or remove {path}") from None
-    new = to_plain(cfg)
-    unsafe, safe = split_diff(diff_configs(old, new))
+    unsafe, safe = config_changes(old, cfg)
     if unsafe:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(unsafe.items())[:4])
-        more = f" and {len(unsafe) - 4} more" if len(unsafe) > 4 else ""
         raise ConfigError(
-            f"{path} holds a run with a different config ({shown}{more}); "
+            f"{path} holds a run with a different config ({shown_changes(unsafe)}); "
             "pass another run.name=... to start a new run, or remove that directory to start over"
         )
     n_ckpt = len(rd.complete_checkpoints())

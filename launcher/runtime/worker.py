@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from launcher import yamlio
-from launcher.config import config_class, diff_configs, split_diff, to_plain, validate
+from launcher.config import config_class, to_plain, validate
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError, first_line
 from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
 from launcher.rundir import (
@@ -37,11 +37,13 @@ from launcher.rundir import (
     LOGS_DIR,
     MODEL_FILE,
     RunDir,
+    config_changes,
     file_mode,
     global_batch_line,
     holds_secrets,
     rank_log_file,
     read_plan,
+    shown_changes,
     write_atomic,
 )
 from launcher.runlock import RunBusy
@@ -466,11 +468,9 @@ def check_resume_config(cfg, loaded) -> None:
         old = yamlio.load(cfg_file.read_text()) or {}
     except (OSError, yamlio.YAMLError):
         return
-    old.get("run", {}).pop("name", None)
-    new = to_plain(cfg)
-    unsafe, _ = split_diff(diff_configs(old, new))
+    unsafe, _ = config_changes(old, cfg)
     if unsafe:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(unsafe.items())[:4])
+        shown = shown_changes(unsafe)
         raise LaunchError(
             f"checkpoint {loaded['path']} was trained with a different config ({shown}); "
             "resume it with its own config, or use model.init_from=... to start a new run from its weights"
