@@ -370,13 +370,13 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     )
     manager.private_config = holds_secrets(to_plain(cfg))
     _, total_steps = planned_steps(cfg, train_sampler.batches_per_epoch())
-    scheduler = build_scheduler(
+    scheduler = build_scheduler(  # on the torch optimizer (Accelerate and DeepSpeed wrap it)
         strategy.torch_optimizer(optimizer),
         cfg.train,
         total_steps,
         monitor_mode=plateau_monitor(cfg)[1],
         warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
-    )  # fmt: skip  (Accelerate and DeepSpeed wrap the torch optimizer)
+    )
 
     loaded = find_resume(cfg, manager, rd, info, strategy.comm)
     resume_step, trackers = None, {}
