@@ -124,6 +124,8 @@ class Trainer:
         self.stop_check: StopCheck | None = None  # (set by fit)
         self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
         self.monitor = Monitor(self.cfg, parts.scheduler)
+        t = self.cfg.train
+        self.cadence = (t.log_every, t.eval_every, self.cfg.checkpoint.every_steps, t.max_steps)  # (every step)
         self.steps_per_epoch, self.total_steps = planned_steps(self.cfg, parts.train_sampler.batches_per_epoch())
         if resume is not None:
             self._load(resume)
@@ -402,6 +404,9 @@ class Trainer:
             p.strategy.no_sync,
             self._after_step,
         )
+        log_every = t.log_every
+        hist_every = p.loggers.histogram_every if p.loggers is not None else 0
+        unwrapped = p.strategy.unwrap(model) if hist_every else None
         sampler.set_epoch(prog.epoch, prog.batch_in_epoch)
         model.train()
         batches = iter(p.train_loader)
@@ -428,7 +433,13 @@ class Trainer:
             if not boundary:
                 continue
             norm = optimizer_step(optimizer, params, clip)  # pre-clip norm when clipping
-            self._note_grad_norm(norm, prog.global_step + 1)
+            upcoming = prog.global_step + 1
+            if norm is not None:
+                self.grad_norm, self.grad_norm_step = norm, upcoming
+            elif upcoming % log_every == 0:  # (every rank: over shards it is a collective)
+                self.grad_norm, self.grad_norm_step = p.strategy.grad_norm(params), upcoming
+            if hist_every and upcoming % hist_every == 0:  # (before the gradients are zeroed)
+                p.loggers.histograms(unwrapped, upcoming)
             zero_grad(set_to_none=True)
             if step_scheduler:
                 scheduler.step()
@@ -437,31 +448,20 @@ class Trainer:
             if ended is not None:
                 return ended
 
-    def _note_grad_norm(self, norm: Any, step: int) -> None:
-        """Keep the gradient norm of ``step`` where it is logged (and write histograms when due),
-        before the gradients are zeroed."""
-        if norm is not None:
-            self.grad_norm, self.grad_norm_step = norm, step
-        elif step % self.cfg.train.log_every == 0:  # (every rank: over shards it is a collective)
-            self.grad_norm, self.grad_norm_step = self.p.strategy.grad_norm(self.params), step
-        loggers = self.p.loggers
-        if loggers is not None and loggers.histogram_every and step % loggers.histogram_every == 0:
-            loggers.histograms(self.p.strategy.unwrap(self.p.model), step)
-
     def _after_step(self, step: int) -> str | None:
         """What is due after optimizer step ``step``: the progress bar, a log event, an
         evaluation, a checkpoint, a stop request, the end of training."""
-        t, p = self.cfg.train, self.p
+        p = self.p
+        log_every, eval_every, every_ckpt, max_steps = self.cadence
         p.console.update()
-        if step % t.log_every == 0:
+        if step % log_every == 0:
             self._log_train()
-        finished = bool(t.eval_every) and step % t.eval_every == 0 and self.evaluate()
-        every_ckpt = self.cfg.checkpoint.every_steps
+        finished = bool(eval_every) and step % eval_every == 0 and self.evaluate()
         if every_ckpt and step % every_ckpt == 0:
             self.save()
         if p.stop.status is not None if self.stop_check is None else self.stop_check(step):
             return _STOP
-        if finished or (t.max_steps and step >= t.max_steps):
+        if finished or (max_steps and step >= max_steps):
             return _FINISHED
         return None
 
