@@ -146,10 +146,10 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     prewarmed = None
     modules = _prewarm_modules(overrides, opts)
     if not (dry_run or show_config) and modules:
-        from launcher.prewarm import Prewarmed
+        from launcher import spawn
 
         # the training interpreter (or torchrun's) imports torch while this one validates (launcher/prewarm.py)
-        prewarmed = Prewarmed(modules)
+        prewarmed = spawn.prewarm(modules)
     try:
         return _launch(overrides, dry_run, show_config, opts, prewarmed)
     finally:
@@ -203,8 +203,8 @@ def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
 def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: dict, prewarmed) -> int:
     from launcher.startup import config_classes_without_plugins, imports_without_gc
 
-    # pydantic, the config classes and the recipe's: without GC passes (~3 % of --dry-run) and
-    # without pydantic's scan of every installed package for plugins (~4 %)
+    # pydantic, the config classes and the recipe's: without GC passes and
+    # without pydantic's scan of every installed package for plugins
     with imports_without_gc(), config_classes_without_plugins():
         from launcher import config as cfgmod
         from launcher.commands import build_command

@@ -80,7 +80,7 @@ class Section(BaseModel):
     Numbers are finite (``.inf``, ``1e400`` and ``.nan`` are refused). :func:`validate` also refuses
     a boolean for a number (``train.epochs=true`` is not 1) and integers beyond 64 bits (they end up
     in C code: torch, numpy, sbatch): a walk over the tree, not validators on every class, which
-    would cost every start ~1 % in pydantic's class building. Strings of digits still count as
+    would make every start pay for them in pydantic's class building. Strings of digits still count as
     numbers (``lr: 1e-3`` is a string to YAML)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, populate_by_name=True, allow_inf_nan=False)

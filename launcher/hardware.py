@@ -17,7 +17,7 @@ def visible_gpus(env: dict[str, str] | None = None) -> int | None:
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:  # the driver lists its GPUs here: no process to start (nvidia-smi takes 50-500 ms)
+    try:  # the driver lists its GPUs here: no process to start (nvidia-smi is slow to start)
         return len(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
         pass

@@ -1,12 +1,13 @@
 """Start the interpreter that will train (or run torchrun) before the command is known.
 
-``launch`` spends ~0.3 s validating the config and preparing the run directory before it can
-start training, and the training interpreter then spends 2-3 s importing torch (torchrun's agent
+``launch`` spends a moment validating the config and preparing the run directory before it can
+start training, and the training interpreter then spends seconds importing torch (torchrun's agent
 too, before it starts its workers). Both are on the critical path to the first training step. So
 ``launch`` starts a child interpreter first (``python -m launcher.prewarm MODULE...``), which
 imports the modules while the parent validates on another core, then waits on a pipe for the
 real command:
 
+- ``launcher.spawn.prewarm(modules)`` starts it (only :mod:`launcher.spawn` starts processes).
 - ``Prewarmed.start(argv, env)`` sends ``python -m X ARGS...`` with its whole environment; the
   child sets both and runs module X as ``__main__`` -- exactly what ``python -m X ARGS...`` would
   do, minus the imports already done. X (the worker, or the agent around torchrun) asks the kernel
@@ -31,19 +32,17 @@ import os
 import subprocess
 import sys
 
-from launcher.signals import blocked
 from launcher.startup import imports_without_gc
 
 
 class Prewarmed:
-    def __init__(self, modules: tuple[str, ...], python: str = sys.executable) -> None:
-        read, self._write = os.pipe()
-        try:
-            with blocked():  # the child starts with the stop signals blocked (see above)
-                self.proc = subprocess.Popen([python, "-m", __name__, str(read), *modules], pass_fds=(read,))
-        finally:
-            os.close(read)
-        self.python = python
+    """The parent's handle on the child that :func:`launcher.spawn.prewarm` started (``proc``),
+    with ``write_fd`` the pipe its command travels on."""
+
+    MODULE = __name__  # what the child runs: ``python -m launcher.prewarm READ_FD MODULES...``
+
+    def __init__(self, proc: subprocess.Popen, write_fd: int, python: str) -> None:
+        self.proc, self._write, self.python = proc, write_fd, python
         self.started = False
 
     def can_run(self, argv: list[str]) -> bool:

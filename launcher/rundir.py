@@ -16,7 +16,6 @@ Layout (a contract users script against; every name below is a constant of this 
         submit.sbatch        --slurm: the batch script; slurm_jobs.json: the job ids
         .cancelled           --slurm: written by `launch cancel` (the job does not requeue itself)
         .lock                the owner of the run directory (launcher/runlock.py; helper files .lock.*)
-        .exit_code           bad input found by a worker behind a multi-process launcher
 
     checkpoints/step-N/      (launcher/runtime/checkpoint.py writes and reads it)
         model.safetensors    unwrapped model weights (none with --strategy fsdp: dcp/ holds them)
@@ -74,7 +73,6 @@ SLURM_LOG_PATTERN = f"{LOGS_DIR}/slurm-%j.out"  # (sbatch --output: %j is the jo
 SLURM_CANCELLED_MARKER = ".cancelled"  # written by `launch cancel`: the job must not requeue itself
 LOCK_FILE = ".lock"  # every helper file of launcher/runlock.py starts with ".lock." (a new run all the same)
 LOCK_BREAK_FILE = ".lock.break"  # held for the milliseconds a stale lock is being removed
-EXIT_CODE_FILE = ".exit_code"  # bad input found by a worker, for `launch` behind a multi-process launcher
 
 
 def rank_log_file(rank: int) -> str:

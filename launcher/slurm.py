@@ -146,8 +146,8 @@ def _sbatch_line(flag: str) -> str:
 # scontrol requeue, preemption when sent to the batch shell), INT and HUP, and USR2.
 STOP_SIGNALS = ("USR2", "TERM", "INT", "HUP")
 STOP_FILE_PREFIX = ".stop-"  # RUN_DIR/.stop-JOBID.RESTART: a stop the batch shell received in that attempt
-# A stop in srun's first seconds is passed on this much later: srun dies of a signal that arrives in
-# its first ~20 ms (measured), before it has installed its own handling.
+# A stop in srun's first moments is passed on this much later: srun dies of a signal that arrives
+# before it has installed its own handling.
 SRUN_GRACE_S = 1
 
 

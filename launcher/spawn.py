@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,16 +10,23 @@ from pathlib import Path
 
 from launcher import signals
 from launcher.commands import Command
-from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
+from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
 from launcher.prewarm import Prewarmed
-from launcher.rundir import EXIT_CODE_FILE, SUMMARY_FILE
+from launcher.rundir import SUMMARY_FILE
 
-EXIT_FOR_STATUS = {
-    "completed": EXIT_COMPLETED,
-    "stopped": EXIT_STOPPED,
-    "preempted": EXIT_PREEMPTED,
-    "failed": EXIT_FAILED,
-}
+
+def prewarm(modules: tuple[str, ...], python: str = sys.executable) -> Prewarmed:
+    """Start the interpreter that imports ``modules`` while ``launch`` validates (launcher/prewarm.py)."""
+    read, write = os.pipe()
+    try:
+        with signals.blocked():  # the child starts with the stop signals blocked (launcher/prewarm.py)
+            proc = subprocess.Popen([python, "-m", Prewarmed.MODULE, str(read), *modules], pass_fds=(read,))
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return Prewarmed(proc, write, python)
 
 
 def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> int:
@@ -29,8 +35,9 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
     Everything runs as a child, in ``prewarmed`` if given (an interpreter that imported torch
     while this one validated, see :mod:`launcher.prewarm`): the stop signals ``launch`` receives
     (its flag is installed by ``cli.main`` before anything else) are forwarded to it, and the exit
-    status comes from the run's ``summary.json`` (a launcher's own code cannot tell "stopped" from
-    "failed"). The child dies with ``launch`` (``LAUNCHER_PARENT_PID``). A single process
+    status is the child's: the worker's own, which torchrun's and Accelerate's launchers pass on
+    unchanged (launcher/runtime/agent.py): 0 completed, 2 bad input (said in one line), 130
+    stopped, 143 preempted, 1 failed. The child dies with ``launch`` (``LAUNCHER_PARENT_PID``). A single process
     (``command.in_process``) runs in the prewarmed interpreter; without one (or where a child
     cannot be tied to ``launch``'s life) it runs inside this interpreter instead, as the same worker.
     """
@@ -71,7 +78,9 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
     finally:
         if flag is not None:
             flag.forward, flag.abort = None, True
-    code = status_code(run_dir, started, code)
+    if code < 0:  # killed by a signal (the kernel's OOM killer, a kill -9): a crash
+        print(f"launch: the training process was killed by signal {-code}", file=sys.stderr, flush=True)
+        code = EXIT_FAILED
     if flag is not None and flag.requested and code not in (EXIT_STOPPED, EXIT_PREEMPTED, EXIT_BAD_INPUT):
         if not _summary_since(run_dir, started):  # it ended before it could train or save anything
             return stopped_before_training(flag)
@@ -93,27 +102,3 @@ def _summary_since(run_dir: Path, started: float) -> bool:
         return (run_dir / SUMMARY_FILE).stat().st_mtime >= started
     except OSError:
         return False
-
-
-def status_code(run_dir: Path, started: float, fallback: int) -> int:
-    """Exit status from ``summary.json`` if this attempt wrote it, else the launcher's own.
-
-    A worker that found bad input before training removes a fresh run directory (so a missing
-    directory means exit 2) or leaves ``.exit_code``."""
-    if fallback != 0 and not run_dir.exists():
-        return EXIT_BAD_INPUT
-    marker = run_dir / EXIT_CODE_FILE
-    try:
-        if marker.stat().st_mtime >= started:
-            code = int(marker.read_text())
-            marker.unlink()
-            return code
-    except (OSError, ValueError):
-        pass
-    if _summary_since(run_dir, started):
-        try:
-            status = json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
-            return EXIT_FOR_STATUS.get(status, fallback or EXIT_FAILED)
-        except (OSError, ValueError):
-            pass
-    return fallback

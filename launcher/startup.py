@@ -2,14 +2,14 @@
 
 Importing torch and its compiler stack makes about a million Python objects that live as long as
 the process. While they are made, the cyclic garbage collector keeps walking all of them (gen 2
-passes alone take ~0.1 s each once torch is loaded), and later passes walk them again although
-they are never garbage. ``imports_without_gc()`` turns collection off while the imports run and
-then freezes what exists (``gc.freeze``: later passes skip it), which takes ~0.4 s off a worker's
-start here. Objects made afterwards -- model, optimizer, data -- are collected as usual.
+passes get slow once torch is loaded), and later passes walk them again although they are never
+garbage. ``imports_without_gc()`` turns collection off while the imports run and then freezes what
+exists (``gc.freeze``: later passes skip it), which shortens a worker's start (measured in
+``benchmarks/startup.py``). Objects made afterwards -- model, optimizer, data -- are collected as usual.
 
 ``config_classes_without_plugins()``: pydantic looks for plugins when it builds its first model
-class, by reading the entry points of every installed distribution (~110 here: ~15 ms, ~4 % of
-``launch --dry-run``). ``launch`` builds only configuration classes (ours and the recipe's), which
+class, by reading the entry points of every installed distribution (a visible share of
+``launch --dry-run`` in an environment with many packages). ``launch`` builds only configuration classes (ours and the recipe's), which
 no plugin is for, so it builds them with plugins off; models made outside the block, e.g. by the
 training code, still get the plugins.
 """

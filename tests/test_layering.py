@@ -64,3 +64,28 @@ def test_first_line():
     assert first_line(RuntimeError("\n")) == "RuntimeError"
     assert first_line(OSError("x" * 500)) == "x" * 300
     assert first_line(OSError("x" * 500), 20) == "x" * 20
+
+
+def _process_starts(path: Path) -> list[int]:
+    """Lines of ``path`` that start a long-lived process (a call of ``Popen``, ``os.fork``,
+    ``os.exec*``, ``os.spawn*``); the short queries of tools (``subprocess.run`` of squeue, sbatch,
+    nvidia-smi) are not runs."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        f = node.func if isinstance(node, ast.Call) else None
+        if isinstance(f, ast.Attribute) and (
+            f.attr == "Popen"
+            or (isinstance(f.value, ast.Name) and f.value.id == "os" and f.attr.startswith(("fork", "exec", "spawn")))
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_spawn_starts_processes():
+    found = {
+        p.relative_to(ROOT).as_posix(): _process_starts(p)
+        for p in sorted((ROOT / "launcher").rglob("*.py"))
+        if p.relative_to(ROOT).as_posix() != "launcher/spawn.py"
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+    assert _process_starts(ROOT / "launcher" / "spawn.py")  # (the scan sees a Popen where there is one)

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from launcher.cli import AGENT_IMPORTS, WORKER_IMPORTS, _asks_for_processes, _prewarm_modules
-from launcher.prewarm import Prewarmed
 from launcher.signals import CAN_DIE_WITH_PARENT
+from launcher.spawn import prewarm
 from tests.conftest import TINY, start, wait_for_training
 from tests.stop_sweep import processes_in, wait_gone
 
@@ -39,7 +39,7 @@ def test_runs_the_module_as_main_with_exactly_the_given_argv_env_and_exit_status
     import json
 
     out = probe_module / "out.json"
-    warm = Prewarmed(("json",))
+    warm = prewarm(("json",))
     env = {k: v for k, v in os.environ.items() if k != "HOME"}
     env.update(PROBE_OUT=str(out), PROBE_EXIT="3", ADDED_LATE="yes")
     proc = warm.start([sys.executable, "-m", "probe_mod", "--flag", "a b", "x=1"], env)
@@ -53,7 +53,7 @@ def test_runs_the_module_as_main_with_exactly_the_given_argv_env_and_exit_status
 
 
 def test_cancel_ends_it_silently(capfd, probe_module):
-    warm = Prewarmed(("torch.distributed.run",))
+    warm = prewarm(("torch.distributed.run",))
     time.sleep(0.2)
     warm.cancel()
     assert warm.proc.returncode is not None
@@ -63,7 +63,7 @@ def test_cancel_ends_it_silently(capfd, probe_module):
 
 
 def test_only_python_dash_m_with_the_same_interpreter_can_run_in_it():
-    warm = Prewarmed(())
+    warm = prewarm(())
     try:
         assert warm.can_run([sys.executable, "-m", "torch.distributed.run", "--standalone"])
         assert not warm.can_run(["/usr/bin/python3.9", "-m", "torch.distributed.run"])
@@ -109,8 +109,8 @@ def test_what_launch_prewarms(overrides, opts, expected):
 ORPHAN_PARENT = textwrap.dedent(
     """
     import os, sys, time
-    from launcher.prewarm import Prewarmed
-    warm = Prewarmed(())
+    from launcher.spawn import prewarm
+    warm = prewarm(())
     env = {**os.environ, **({"LAUNCHER_PARENT_PID": str(os.getpid())} if sys.argv[1] == "1" else {})}
     child = warm.start([sys.executable, "-m", "time_sleeper"], env)
     print(child.pid, flush=True)

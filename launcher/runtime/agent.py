@@ -137,7 +137,12 @@ def _exit_code(error: BaseException, relay: Relay) -> int | None:
         return None
     if relay.received:
         # stopped as asked; a rank that was waiting in a collective for one that had already gone
-        # may have ended otherwise, but the run's outcome is what rank 0 wrote (summary.json)
+        # may have ended otherwise, but the run's outcome is rank 0's (what it wrote in summary.json)
+        first = failures.get(0)
+        if first is None and failures:
+            return 0  # rank 0 completed the run before the stop reached it
+        if first is not None and first.exitcode in (*QUIET_CODES, EXIT_FAILED):
+            return first.exitcode
         return EXIT_STOPPED if relay.received[0] == signal.SIGINT else EXIT_PREEMPTED
     if codes <= set(QUIET_CODES):
         return next(code for code in QUIET_CODES if code in codes)

@@ -109,7 +109,7 @@ class SeededBatches(Dataset):
     go or was resumed at batch *k*, and whatever the number of loader workers. torch's CPU
     generator is restored afterwards, so the training step (dropout) sees the same stream as
     without the wrapper. Python's ``random`` is only reseeded, not restored: saving its 625-word
-    state costs ~15 us per batch, and reseeding alone keeps every run, resumed or not,
+    state at every batch costs more than it gives, and reseeding alone keeps every run, resumed or not,
     deterministic. Only the CPU generator: torch.manual_seed would also reseed (and not
     restore) CUDA's.
     """
@@ -140,8 +140,8 @@ class SeededBatches(Dataset):
 
 def draws_no_random(dataset: Dataset) -> bool:
     """True for datasets whose items are plain tensor indexing (a ``TensorDataset``, or a
-    ``Subset`` of one): they need no per-batch seeding, which costs a few microseconds of every
-    step (~0.5 % of a small model's step on the CPU)."""
+    ``Subset`` of one): they need no per-batch seeding, which costs a little of every step (a
+    visible share of a small model's step on the CPU)."""
     while type(dataset) is torch.utils.data.Subset:
         dataset = dataset.dataset
     return type(dataset) is torch.utils.data.TensorDataset

@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import yamlio
@@ -33,7 +34,6 @@ from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchErr
 from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
 from launcher.rundir import (
     CONFIG_FILE,
-    EXIT_CODE_FILE,
     LOGS_DIR,
     MODEL_FILE,
     RunDir,
@@ -47,7 +47,6 @@ from launcher.rundir import (
     write_atomic,
 )
 from launcher.runlock import RunBusy
-from launcher.signals import PARENT_ENV
 from launcher.startup import imports_without_gc
 
 
@@ -98,13 +97,6 @@ def own_run_dir(rd: RunDir, env, strategy) -> None:
             refused = e
     if strategy.comm.any(refused is not None):
         raise refused or RunBusy(f"{rd.path} is in use by another run (rank 0 could not own it)")
-
-
-def _tell_launch_bad_input(rd: RunDir) -> None:
-    """Started by `launch` (or torchrun's agent, whose own exit code would be 1): leave it
-    ``.exit_code`` saying this was bad input (exit 2). Run in-process, nobody would read it."""
-    if os.environ.get(PARENT_ENV) == str(os.getppid()):
-        write_atomic(rd.path / EXIT_CODE_FILE, f"{EXIT_BAD_INPUT}\n")
 
 
 def json_safe(value):
@@ -185,9 +177,7 @@ def main(run_dir: str) -> int:
             # the job's record (submit.sbatch, logs) stays; `launch status` shows the reason
             write_summary(rd, {"status": "failed", "exit_code": EXIT_BAD_INPUT, "reason": str(e)})
         elif env.is_main and _is_disposable(rd):
-            _remove_fresh(rd, Path(cfg.run.output_dir))
-        elif env.is_main:
-            _tell_launch_bad_input(rd)
+            _remove_fresh(rd, Path(cfg.run.output_dir))  # nothing written (the exit status says 2)
         if strategy is not None:
             strategy.teardown()
         return EXIT_BAD_INPUT
@@ -225,8 +215,6 @@ def main(run_dir: str) -> int:
     if env.is_main:
         summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
         write_summary(rd, summary)
-        if code == EXIT_BAD_INPUT:
-            _tell_launch_bad_input(rd)  # (it would read "failed", 1, from the summary)
         parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary and exit code
         parts.loggers.close()  # every backend and metrics.jsonl, once
         if status == "completed":
@@ -378,26 +366,21 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
     )
 
-    loaded = find_resume(cfg, manager, rd, info, strategy.comm)
-    resume_step, trackers = None, {}
-    if loaded is not None:
-        check_resume_config(cfg, loaded)
-        check_schedule_length(scheduler, loaded["state"][ckpt.K_SCHEDULER], cfg.train, Path(loaded["path"]))
-        restore_parts(loaded, strategy, model, optimizer, scheduler, precision)
-        progress, trackers = loaded["state"][ckpt.K_PROGRESS], loaded["state"][ckpt.K_TRACKERS]
-        resume_step = progress.get("global_step", 0)
-        info(f"resumed from {loaded['path']} (step {resume_step}, epoch {progress.get('epoch', 0)})")
+    resume = find_resume(cfg, manager, strategy.comm)
+    if resume is not None:
+        check_schedule_length(scheduler, resume.loaded["state"][ckpt.K_SCHEDULER], cfg.train, resume.path)
+        restore_parts(resume.loaded, strategy, model, optimizer, scheduler, precision)
+        info(f"resumed from {resume.path} (step {resume.step}, epoch {resume.progress.get('epoch', 0)})")
+    else:
+        info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
+    resume_step = resume.step if resume is not None else None
     loggers = wandb_id = None
     if env.is_main:
         manager.clean_partial()
-        jsonl = JsonlLogger(rd.metrics, (trackers.get("metrics_offset") or 0) if loaded is not None else None, _say)
-    if loaded is None:
-        info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
-    if env.is_main:
-        # a checkpoint of this run (not one passed with run.resume=PATH) knows this run's wandb id
-        own = loaded is not None and Path(loaded["path"]).resolve().parent == rd.checkpoints.resolve()
+        jsonl = JsonlLogger(rd.metrics, (resume.trackers.get("metrics_offset") or 0) if resume else None, _say)
+        own = resume is not None and resume.own  # this run's wandb id (not that of run.resume=PATH's run)
         loggers, wandb_id = make_loggers(
-            cfg, rd.path, jsonl, resume_step, trackers.get("wandb_id") if own else None,
+            cfg, rd.path, jsonl, resume_step, resume.trackers.get("wandb_id") if own else None,
             strategy.unwrap(model), info, _say,
         )  # fmt: skip
     show_bar = env.is_main and "console" in cfg.log.backends and not cfg.log.quiet
@@ -419,8 +402,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         world_size=env.world_size,
         wandb_id=wandb_id,
     )
-    trainer = Trainer(parts, resume=loaded)
-    resumed_from = str(loaded["path"]) if loaded is not None else None
+    trainer = Trainer(parts, resume=resume.loaded if resume is not None else None)
+    resumed_from = str(resume.path) if resume is not None else None
     return parts, trainer, resumed_from
 
 
@@ -442,37 +425,72 @@ def _loader(cfg, recipe, env, device, dataset, train: bool):
     return sampler, loader
 
 
-def find_resume(cfg, manager, rd: RunDir, info, comm=None):
-    """The checkpoint to resume from (every rank agrees on it: ``comm``), or None. A damaged
-    checkpoint of this run is skipped with a warning; a damaged run.resume=PATH is bad input."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from: ``own`` when it is one of this run's (its wandb run
+    and its metrics.jsonl continue), else the one ``run.resume=PATH`` names (a new run's start)."""
+
+    loaded: dict
+    own: bool
+
+    @property
+    def path(self) -> Path:
+        return Path(self.loaded["path"])
+
+    @property
+    def progress(self) -> dict:
+        from launcher.runtime.checkpoint import K_PROGRESS
+
+        return self.loaded["state"][K_PROGRESS]
+
+    @property
+    def trackers(self) -> dict:
+        from launcher.runtime.checkpoint import K_TRACKERS
+
+        return self.loaded["state"][K_TRACKERS]
+
+    @property
+    def step(self) -> int:
+        return self.progress.get("global_step", 0)
+
+
+def find_resume(cfg, manager, comm=None) -> ResumePoint | None:
+    """Where this attempt continues from, or None for a fresh start. Whether the run directory
+    may be resumed at all the parent decided (``rundir.inspect_run_dir``); this finds the newest
+    checkpoint that verifies on every rank (``comm``): this run's own first (a requeued run
+    continues), then ``run.resume=PATH``. A damaged checkpoint of this run is skipped with a
+    warning; a damaged run.resume=PATH, or a checkpoint trained with a config that differs in
+    keys that change results, is bad input."""
     resume = cfg.run.resume
     if resume == "never":
         return None
     otherwise = "starting fresh" if resume == "auto" else f"resuming from run.resume={resume}"
     loaded = manager.load_latest(warn=_say, world=comm, otherwise=otherwise)
-    if loaded is not None or resume == "auto":
-        return loaded
-    loaded, damaged = manager.load_agreed(Path(resume), comm)
-    if damaged is not None:
-        raise LaunchError(
-            f"run.resume={resume} is not a complete, readable checkpoint ({damaged}); "
-            "pass an intact checkpoints/step-N directory"
-        )
-    return loaded
+    own = loaded is not None
+    if loaded is None and resume != "auto":
+        loaded, damaged = manager.load_agreed(Path(resume), comm)
+        if damaged is not None:
+            raise LaunchError(
+                f"run.resume={resume} is not a complete, readable checkpoint ({damaged}); "
+                "pass an intact checkpoints/step-N directory"
+            )
+    if loaded is None:
+        return None
+    point = ResumePoint(loaded, own)
+    _check_resume_config(cfg, point.path)
+    return point
 
 
-def check_resume_config(cfg, loaded) -> None:
+def _check_resume_config(cfg, path: Path) -> None:
     """Refuse a checkpoint whose config differs in keys that change results."""
-    cfg_file = Path(loaded["path"]) / CONFIG_FILE
     try:
-        old = yamlio.load(cfg_file.read_text()) or {}
+        old = yamlio.load((path / CONFIG_FILE).read_text()) or {}
     except (OSError, yamlio.YAMLError):
         return
     unsafe, _ = config_changes(old, cfg)
     if unsafe:
-        shown = shown_changes(unsafe)
         raise LaunchError(
-            f"checkpoint {loaded['path']} was trained with a different config ({shown}); "
+            f"checkpoint {path} was trained with a different config ({shown_changes(unsafe)}); "
             "resume it with its own config, or use model.init_from=... to start a new run from its weights"
         )
 
@@ -484,7 +502,7 @@ if __name__ == "__main__":
     entry = main
     if "TORCHELASTIC_ERROR_FILE" in os.environ:
         # under torchrun: a crash's traceback reaches the launcher's failure report (elsewhere
-        # the import alone would cost ~0.1 s of the start)
+        # the import alone would lengthen the start)
         with imports_without_gc():
             from torch.distributed.elastic.multiprocessing.errors import record
 
