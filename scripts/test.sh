@@ -15,4 +15,7 @@ if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then
   bash slurm/cluster.sh up
   export LAUNCHER_REQUIRE_SLURM=1  # the slurm tests fail instead of skipping if the cluster is gone
 fi
-.venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers: most tests wait on processes they start (torchrun, sleeps in kill tests,
+# Slurm's scheduler), so two at a time keep both cores busy. The `slurm` tests stay in one worker
+# (tests/conftest.py: they share the cluster). `-n 0` runs everything in this process.
+.venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

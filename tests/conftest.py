@@ -253,7 +253,12 @@ def _signal_handlers_restored():
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need a CUDA GPU: skipped cleanly without one."""
+    """`gpu` tests need a CUDA GPU: skipped cleanly without one. Under pytest-xdist
+    (scripts/test.sh: ``-n 2 --dist loadgroup``) the `slurm` tests share one worker: they share the
+    one local cluster, whose two nodes a test's job may need whole."""
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
     import torch
 
     if torch.cuda.is_available():
