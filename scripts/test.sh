@@ -16,6 +16,6 @@ if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then
   export LAUNCHER_REQUIRE_SLURM=1  # the slurm tests fail instead of skipping if the cluster is gone
 fi
 # Two pytest-xdist workers: most tests wait on processes they start (torchrun, sleeps in kill tests,
-# Slurm's scheduler), so two at a time keep both cores busy. The `slurm` tests stay in one worker
-# (tests/conftest.py: they share the cluster). `-n 0` runs everything in this process.
-.venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+# Slurm's scheduler), so two at a time keep both cores busy. A file's tests stay in one worker (the
+# Slurm cluster's run one after another; tests/conftest.py puts them first). `-n 0`: one at a time.
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -182,7 +182,7 @@ def evaluate_saved(run_dir: Path, batch_size: int = 50) -> dict:
     model = recipe.build_model()
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     model.eval()
-    _, val = recipe.build_datasets()
+    val = recipe.build_datasets()[1]
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size, collate_fn=getattr(recipe, "collate", None))
     sums: dict[str, float] = {}
     with torch.no_grad():
@@ -254,11 +254,10 @@ def _signal_handlers_restored():
 
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA GPU: skipped cleanly without one. Under pytest-xdist
-    (scripts/test.sh: ``-n 2 --dist loadgroup``) the `slurm` tests share one worker: they share the
-    one local cluster, whose two nodes a test's job may need whole."""
-    for item in items:
-        if "slurm" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+    (scripts/test.sh: ``-n 2 --dist loadfile``: a file's tests run in one worker, so the Slurm
+    cluster's run one at a time) the `slurm` tests come first: the longest chain of the suite
+    (mostly waiting on the scheduler) then runs beside everything else instead of after it."""
+    items.sort(key=lambda item: "slurm" not in item.keywords)  # (stable: the rest keeps its order)
     import torch
 
     if torch.cuda.is_available():
