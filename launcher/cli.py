@@ -33,7 +33,8 @@ Examples:
   launch --list
 
 Other commands: launch status RUN_DIR, launch cancel RUN_DIR (Slurm jobs),
-launch report RUN_DIR [RUN_DIR ...] (plots and a summary table).
+launch report RUN_DIR [RUN_DIR ...] (plots and a summary table),
+launch eval RUN_DIR [--checkpoint last|best|step-N] [--split val|test] (evaluate weights).
 
 Running the same command again resumes the newest complete checkpoint, or says the run is
 complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C), 143 preempted.
@@ -293,6 +294,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "launcher.slurm:status_command",
     "cancel": "launcher.slurm:cancel_command",
     "report": "launcher.report:report_command",
+    "eval": "launcher.evaluate:eval_command",
 }
 
 

@@ -45,11 +45,14 @@ def build_command(
     cpu_count: int | None = None,
     environ: dict[str, str] | None = None,
     port: int | None = None,
+    module: str = WORKER_MODULE,
 ) -> Command:
-    """The exact argv and added environment for ``plan`` (pure: no side effects)."""
+    """The exact argv and added environment for ``plan`` (pure: no side effects). ``module``
+    (``python -m module TARGET``, with ``TARGET`` ``run_dir``): the worker, or ``launch eval``'s
+    evaluator (its target the request file)."""
     environ = os.environ if environ is None else environ
     env = worker_env(cfg)
-    worker = ["-m", WORKER_MODULE, str(run_dir)]
+    worker = ["-m", module, str(run_dir)]
     if plan.launcher == "in-process":
         return Command([python, *worker], env, in_process=True)
     if plan.launcher in ("torchrun", "accelerate") and plan.procs_per_node > 1:

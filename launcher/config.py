@@ -186,6 +186,9 @@ class DataSection(Section):
     # every machine that validates it (the login node, then each worker on its compute node)
     num_workers: int = Field(0, ge=0, le=64, description="loader processes per training process (0: in the process)")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out share when the source has no split")
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share held out as a test split, evaluated once at the end (0: none)"
+    )
     pin_memory: Optional[bool] = Field(None, description="default: on for CUDA")
     download: bool = Field(True, description="let torchvision/torchaudio download missing data")
 
@@ -194,6 +197,11 @@ class DataSection(Section):
         if _has_control(self.root):
             raise ValueError(
                 f"data.root={self.root!r} holds a control character (newline, tab, ...); give a plain path"
+            )
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} leave nothing "
+                "to train on; make their sum less than 1"
             )
         return self
 
@@ -765,7 +773,7 @@ def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
 # Keys added after run directories already existed, with their defaults: at the default they
 # are left out of the run name's hash (the same command still finds its run directory) and a
 # config.yaml written before them reads as holding the default.
-ADDED_KEYS = {"fsdp.reshard_after_forward": True, "fsdp.cpu_offload": False}
+ADDED_KEYS = {"fsdp.reshard_after_forward": True, "fsdp.cpu_offload": False, "data.test_fraction": 0.0}
 
 
 def config_hash(cfg: Config) -> str:

@@ -368,15 +368,16 @@ def check_model(model: object, spec: str):
 
 
 def check_datasets(result: object, spec: str) -> tuple:
-    """``build_datasets()`` must return ``(train, val or None)``, map-style, train not empty."""
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+    """``build_datasets()`` must return ``(train, val or None)`` or ``(train, val or None, test or
+    None)``, map-style, train not empty. Returns the three (test None when not given)."""
+    if not (isinstance(result, (tuple, list)) and len(result) in (2, 3)):
         raise ConfigError(
-            f"recipe {spec!r}: build_datasets() returned {type(result).__name__}; return (train, val) "
-            f"where val may be None; {CONTRACT_HINT}"
+            f"recipe {spec!r}: build_datasets() returned {type(result).__name__}; return (train, val) or "
+            f"(train, val, test) where val and test may be None; {CONTRACT_HINT}"
         )
-    train, val = result
-    for which, ds in (("train", train), ("val", val)):
-        if ds is None and which == "val":
+    train, val, test = (*result, None) if len(result) == 2 else result
+    for which, ds in (("train", train), ("val", val), ("test", test)):
+        if ds is None and which != "train":
             continue
         if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
             raise ConfigError(
@@ -385,7 +386,7 @@ def check_datasets(result: object, spec: str) -> tuple:
             )
     if len(train) == 0:
         raise ConfigError(f"recipe {spec!r}: the train dataset from build_datasets() is empty")
-    return train, val
+    return train, val, test
 
 
 def check_step_result(result: object, spec: str, training: bool) -> None:

@@ -84,6 +84,13 @@ def rank_log_file(rank: int) -> str:
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_TMP_PREFIX = ".tmp-"  # a directory being written: never loaded, removed by the next save
 COMPLETE_MARKER = "COMPLETE"
+
+
+def checkpoint_step(path: Path) -> int:
+    """N of a ``checkpoints/step-N`` directory."""
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
 COMPLETE_MARKER_TMP = COMPLETE_MARKER + ".tmp"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

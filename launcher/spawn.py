@@ -54,9 +54,12 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
             prewarmed.cancel()
         return stopped_before_training(flag)
     if command.in_process and prewarmed is None:
-        from launcher.runtime.worker import main as worker_main  # imports torch: only here
+        if command.argv[2] == "launcher.runtime.worker":
+            from launcher.runtime.worker import main  # imports torch: only here
+        else:
+            from launcher.runtime.evaluator import main  # (`launch eval`)
 
-        return worker_main(command.argv[-1])
+        return main(command.argv[-1])
     started = time.time()
     env = {**os.environ, signals.PARENT_ENV: str(os.getpid())}
     with signals.blocked():  # it starts with them blocked: one that arrives meanwhile waits for its flag

@@ -70,7 +70,12 @@ class Recipe:
     def build_model(self) -> Any:  # -> torch.nn.Module
         raise NotImplementedError
 
-    def build_datasets(self) -> tuple[Any, Any]:  # -> (train Dataset, val Dataset | None)
+    def build_datasets(self) -> tuple[Any, ...]:
+        """-> ``(train, val | None)`` or ``(train, val | None, test | None)``: map-style datasets.
+
+        Training never looks at ``test``: at the end of a completed run it is evaluated once with
+        the final weights (those of ``model.safetensors``), logged as ``test/<name>`` and kept in
+        ``summary.json`` (``final_metrics``)."""
         raise NotImplementedError
 
     def step(self, model: Any, batch: Any) -> tuple[Any, dict[str, Any]]:

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError, LaunchError
+from recipes._splits import split_indices, stratified
 from recipes.base import Recipe
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -51,7 +52,7 @@ class ResNetData(DataSection):
     # nothing more; 4096: one such image is 200 MB as 3 float32 channels before any activation
     # (ResNets are trained at 224-512), and a typo such as 100000 would ask for terabytes.
     image_size: int = Field(32, ge=16, le=4096, description="square input size (16..4096)")
-    split_seed: int = Field(0, description="seed of the train/val split (digits, fake)")
+    split_seed: int = Field(0, description="seed of the train/val/test split (digits, fake; image_folder without val/)")
     fake_size: int = Field(512, ge=2, description="number of FakeData images")
     skip_bad: bool = Field(
         False,
@@ -116,6 +117,13 @@ class ResNetFinetune(Recipe):
             fixed = len(found)
         elif d.skip_bad:
             raise ConfigError(f"data.skip_bad applies to data.name=image_folder only (data.name={d.name}); drop it")
+        if d.test_fraction > 0 and d.name in ("image_folder", "cifar10"):
+            where = (
+                f"{d.root}/test/<class>/" if d.name == "image_folder" else "none (its test set is the validation split)"
+            )
+            raise ConfigError(
+                f"data.test_fraction applies to digits and fake; data.name={d.name} takes its test split from {where}; drop it"
+            )
         if d.name == "digits" and d.image_size > DIGITS_MAX_SIZE:
             gb = DIGITS_IMAGES * 3 * d.image_size**2 * 4 / 1e9
             raise ConfigError(
@@ -141,31 +149,39 @@ class ResNetFinetune(Recipe):
             )
 
     @staticmethod
-    def _check_image_folder(root: Path, skip_bad: bool = False) -> list[str]:
+    def image_folder_splits(root: Path) -> tuple[str, ...]:
+        """The split folders of an image folder that are there: train plus val and/or test."""
+        return tuple(split for split in ("train", "val", "test") if (root / split).is_dir())
+
+    @classmethod
+    def _check_image_folder(cls, root: Path, skip_bad: bool = False) -> list[str]:
+        layout = "train/ and val/ (or test/) class subfolders"
         if not root.is_dir():
+            raise ConfigError(f"data.root={root} does not exist; data.name=image_folder needs a folder with {layout}")
+        present = cls.image_folder_splits(root)
+        if "train" not in present or len(present) < 2:
+            sub = root / ("train" if "train" not in present else "val")
             raise ConfigError(
-                f"data.root={root} does not exist; data.name=image_folder needs a folder with train/ and val/ class subfolders"
+                f"{sub} is missing; data.name=image_folder needs {root}/train/<class>/ and {root}/val/<class>/ "
+                f"(or {root}/test/<class>/: validation is then data.val_fraction of train)"
             )
         splits = {}
-        for split in ("train", "val"):
+        for split in present:
             sub = root / split
-            if not sub.is_dir():
-                raise ConfigError(
-                    f"{sub} is missing; data.name=image_folder needs {root}/train/<class>/ and {root}/val/<class>/"
-                )
             classes = _class_dirs(sub)
             if not classes:
                 raise ConfigError(f"{sub} has no class folders; put images in {sub}/<class name>/")
             splits[split] = classes
-        if splits["train"] != splits["val"]:
-            only_t = sorted(set(splits["train"]) - set(splits["val"]))
-            only_v = sorted(set(splits["val"]) - set(splits["train"]))
-            raise ConfigError(
-                f"train and val classes differ in {root} (only in train: {only_t or '-'}; only in val: {only_v or '-'}); "
-                "make both splits hold the same class folders"
-            )
+        for other in present[1:]:
+            if splits["train"] != splits[other]:
+                only_t = sorted(set(splits["train"]) - set(splits[other]))
+                only_o = sorted(set(splits[other]) - set(splits["train"]))
+                raise ConfigError(
+                    f"train and {other} classes differ in {root} (only in train: {only_t or '-'}; only in {other}: "
+                    f"{only_o or '-'}); make every split hold the same class folders"
+                )
         classes = splits["train"]
-        for split in ("train", "val"):
+        for split in present:
             sub = root / split
             samples = _scan_images(sub, classes)
             if not samples:
@@ -181,7 +197,7 @@ class ResNetFinetune(Recipe):
                 if empty:
                     raise ConfigError(
                         f"{sub}/{empty[0]} has no images ({len(empty)} class folder(s) without any); "
-                        "put images in it or remove it from train/ and val/"
+                        f"put images in it or remove it from {', '.join(f'{x}/' for x in present)}"
                     )
             if not skip_bad:
                 _check_files(samples)
@@ -267,7 +283,7 @@ class ResNetFinetune(Recipe):
         x = torch.nn.functional.interpolate(x, size=(d.image_size, d.image_size), mode="bilinear", align_corners=False)
         x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
         y = torch.tensor(digits.target, dtype=torch.long)
-        return _split(torch.utils.data.TensorDataset(x, y), d.val_fraction, d.split_seed)
+        return _split(torch.utils.data.TensorDataset(x, y), d)
 
     def _data_fake(self):
         from torchvision import datasets, transforms
@@ -280,7 +296,7 @@ class ResNetFinetune(Recipe):
             transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
             random_offset=d.split_seed,
         )
-        return _split(ds, d.val_fraction, d.split_seed)
+        return _split(ds, d)
 
     def _transforms(self):
         from torchvision import transforms
@@ -306,21 +322,32 @@ class ResNetFinetune(Recipe):
         return train, val
 
     def _data_image_folder(self):
+        """train/ + val/ (+ test/), or train/ + test/ with validation drawn from train
+        (``data.val_fraction`` of each class, under ``data.split_seed``)."""
         d = self.cfg.data
         root = Path(d.root)
         classes = _class_dirs(root / "train")
         train_tf, val_tf = self._transforms()
-        out = []
-        for split, tf in (("train", train_tf), ("val", val_tf)):
-            samples = _scan_images(root / split, classes)
+        present = self.image_folder_splits(root)
+        samples = {}
+        for split in present:
+            found = _scan_images(root / split, classes)
             if d.skip_bad:
                 # Up front, so the dataset has the same length in every attempt (exact resume)
                 # and on every rank: the same files fail each time.
-                samples = _decodable(samples, root / split)
-            if not samples:
+                found = _decodable(found, root / split)
+            if not found:
                 raise ConfigError(f"{root / split} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out.append(ImageFiles(samples, tf))
-        return tuple(out)
+            samples[split] = found
+        if "val" not in samples:
+            kept, held = stratified([label for _, label in samples["train"]], d.val_fraction, d.split_seed)
+            train = samples["train"]
+            samples["train"], samples["val"] = [train[i] for i in kept], [train[i] for i in held]
+        return (
+            ImageFiles(samples["train"], train_tf),
+            ImageFiles(samples["val"], val_tf) if samples["val"] else None,
+            ImageFiles(samples["test"], val_tf) if "test" in samples else None,
+        )
 
     def _data_cifar10(self):
         from torchvision import datasets
@@ -463,15 +490,13 @@ class ImageFiles:
         return self.transform(load_image(path)), label
 
 
-def _split(ds, val_fraction: float, seed: int):
-    """Deterministic train/val split that depends only on ``seed`` (not on run.seed)."""
+def _split(ds, d):
+    """Deterministic (train, val, test) of ``ds`` by ``data.val_fraction`` / ``data.test_fraction``
+    that depends only on ``data.split_seed`` (not on run.seed); an empty split is None."""
     import torch
 
-    n = len(ds)
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n_val == 0:
-        n_val = 1
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    train = torch.utils.data.Subset(ds, order[n_val:])
-    val = torch.utils.data.Subset(ds, order[:n_val]) if n_val else None
-    return train, val
+    parts = split_indices(len(ds), d.val_fraction, d.test_fraction, d.split_seed)
+    train, val, test = (torch.utils.data.Subset(ds, idx) if idx else None for idx in parts)
+    if train is None:
+        raise ConfigError(f"data.val_fraction and data.test_fraction leave none of the {len(ds)} samples for training")
+    return train, val, test

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError
+from recipes._splits import split_indices
 from recipes.base import Recipe
 
 NPZ_KEYS = ("sequences", "labels", "lengths")
@@ -42,7 +43,7 @@ class SequenceData(DataSection):
     name: Literal["digits", "synthetic", "file"] = "digits"
     path: Optional[str] = Field(None, description="data.name=file: .npz with sequences, labels[, lengths]")
     num_classes: Optional[int] = Field(None, ge=2, description="default: from the data")
-    split_seed: int = Field(0, description="seed of the train/val split")
+    split_seed: int = Field(0, description="seed of the train/val/test split")
     # data.name=synthetic: the class is the largest of the first num_classes features summed over time
     size: int = Field(512, ge=4, description="synthetic: number of sequences")
     features: int = Field(4, ge=1, description="synthetic: features per step")
@@ -197,13 +198,14 @@ class Sequence(Recipe):
         self._cached = None
         ds = Sequences(torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(y))
         n = len(ds)
-        n_val = max(1, int(round(n * d.val_fraction))) if d.val_fraction > 0 else 0
-        if n - n_val < 1:
-            raise ConfigError(f"data.val_fraction={d.val_fraction} leaves no training sequences of {n}; lower it")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).tolist()
-        train = torch.utils.data.Subset(ds, order[n_val:])
-        val = torch.utils.data.Subset(ds, order[:n_val]) if n_val else None
-        return train, val
+        parts = split_indices(n, d.val_fraction, d.test_fraction, d.split_seed)
+        if not parts[0]:
+            raise ConfigError(
+                f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} leave no training "
+                f"sequences of {n}; lower them"
+            )
+        train, val, test = (torch.utils.data.Subset(ds, idx) if idx else None for idx in parts)
+        return train, val, test
 
     @staticmethod
     def collate(samples):

@@ -5,8 +5,8 @@ Run it:  launch recipe=yesno                       (downloads the 60 recordings,
 
 Data: ``torchaudio.datasets.YESNO`` (http://www.openslr.org/resources/1/): 60 recordings, 8 kHz,
 each of eight Hebrew words "ken" (yes) or "lo" (no); the file name lists them, e.g.
-``0_1_1_0_0_1_0_1.wav``. The train/validation split is by file and depends only on
-``data.split_seed``. Features (log-Mel or MFCC, normalised per file) are computed once and cached
+``0_1_1_0_0_1_0_1.wav``. The train/validation (and, with ``data.test_fraction``, test) split is
+by file and depends only on the file names and ``data.split_seed``. Features (log-Mel or MFCC, normalised per file) are computed once and cached
 in ``<data.root>/.cache/`` (in memory only when that folder is read-only).
 
 Model: a small stack of 1-D convolutions (receptive field ~0.6 s, about one word) emits
@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ from pydantic import Field
 
 from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError, first_line
+from recipes._splits import split_names
 from recipes.base import Recipe
 
 URL = "http://www.openslr.org/resources/1/waves_yesno.tar.gz"
@@ -53,7 +53,7 @@ class YesNoData(DataSection):
     n_mels: int = Field(40, ge=8, description="Mel bands (logmel, and the filterbank under mfcc)")
     n_mfcc: int = Field(13, ge=2, description="mfcc: coefficients")
     sample_rate: int = Field(8000, ge=1000, description="audio of another rate is resampled to this")
-    split_seed: int = Field(0, description="seed of the train/validation split of the files")
+    split_seed: int = Field(0, description="seed of the train/validation/test split of the files")
     time_masks: int = Field(2, ge=0, description="training: SpecAugment time masks per file")
     freq_masks: int = Field(1, ge=0, description="training: SpecAugment frequency masks per file")
     cache: bool = Field(True, description="keep computed features in <root>/.cache/")
@@ -62,14 +62,6 @@ class YesNoData(DataSection):
 def file_ids(folder: Path) -> list[str]:
     """Recording names without .wav, sorted (torchaudio's YESNO order)."""
     return sorted(p.stem for p in folder.glob("*.wav"))
-
-
-def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by file: depends only on the file names and ``seed`` (not on their order)."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(ids) * val_fraction)) if val_fraction > 0 else 0
-    return sorted(order[n_val:]), sorted(order[:n_val])
 
 
 def edit_distance(a: list[int], b: list[int]) -> int:
@@ -148,15 +140,19 @@ class YesNo(Recipe):
     @staticmethod
     def _check_split(cfg, n: int) -> None:
         d = cfg.data
-        train, val = split_ids([str(i) for i in range(n)], d.val_fraction, d.split_seed)
+        train, val, test = split_names([str(i) for i in range(n)], d.val_fraction, d.test_fraction, d.split_seed)
         world = cfg.dist.procs * cfg.dist.nodes
         if not train:
-            raise ConfigError(f"data.val_fraction={d.val_fraction} leaves none of the {n} files for training; lower it")
-        if val and len(val) < world:
             raise ConfigError(
-                f"{len(val)} validation file{'s' if len(val) > 1 else ''} for {world} processes: every process needs one; "
-                f"raise data.val_fraction (now {d.val_fraction}) or use fewer processes"
+                f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} leave none of the {n} "
+                "files for training; lower them"
             )
+        for what, key, files in (("validation", "val_fraction", val), ("test", "test_fraction", test)):
+            if files and len(files) < world:
+                raise ConfigError(
+                    f"{len(files)} {what} file{'s' if len(files) > 1 else ''} for {world} processes: every process "
+                    f"needs one; raise data.{key} (now {getattr(d, key)}) or use fewer processes"
+                )
 
     # ------------------------------------------------------------------ data
     def _folder(self) -> Path:
@@ -267,14 +263,14 @@ class YesNo(Recipe):
         data = self.features()
         index = {fid: n for n, fid in enumerate(data["ids"])}
         self._check_split(self.cfg, len(index))
-        train_ids, val_ids = split_ids(data["ids"], d.val_fraction, d.split_seed)
+        train_ids, val_ids, test_ids = split_names(data["ids"], d.val_fraction, d.test_fraction, d.split_seed)
 
         def subset(ids, augment):
             rows = [index[i] for i in ids]
             return Recordings([data["feats"][r] for r in rows], [data["labels"][r] for r in rows], augment)
 
         train = subset(train_ids, (d.time_masks, d.freq_masks))
-        return train, (subset(val_ids, (0, 0)) if val_ids else None)
+        return train, *(subset(ids, (0, 0)) if ids else None for ids in (val_ids, test_ids))
 
     # ------------------------------------------------------------------ model and step
     def build_model(self):

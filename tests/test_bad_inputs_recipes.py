@@ -235,7 +235,7 @@ def test_skip_bad_drops_undecodable_files_up_front_with_one_warning(tmp_path, ca
         resolve(ResNetFinetune, [], args)
     cfg = resolve(ResNetFinetune, [], [*args, ("data.skip_bad", "true")])
     capsys.readouterr()
-    train, val = ResNetFinetune(cfg).build_datasets()
+    train, val, _ = ResNetFinetune(cfg).build_datasets()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "skipped 3 of 8 image files" in err and "cats/1.jpg" in err
     assert (len(train), len(val)) == (5, 8)
@@ -252,5 +252,5 @@ def test_hidden_folders_are_not_classes(tmp_path):
     cfg = resolve(
         ResNetFinetune, [], [("recipe", "resnet_finetune"), ("data.name", "image_folder"), ("data.root", str(root))]
     )
-    train, _ = ResNetFinetune(cfg).build_datasets()
+    train, *_ = ResNetFinetune(cfg).build_datasets()
     assert ResNetFinetune(cfg).num_classes() == 2 and set(train.targets) == {0, 1}

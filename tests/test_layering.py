@@ -17,7 +17,7 @@ OUTSIDE = sorted(
     p for p in [*(ROOT / "launcher").rglob("*.py"), *(ROOT / "recipes").rglob("*.py")] if RUNTIME not in p.parents
 )
 # launcher/spawn.py runs a one-process run's worker in this interpreter: the entry point, not a layer
-ALLOWED = {("launcher/spawn.py", "launcher.runtime.worker")}
+ALLOWED = {("launcher/spawn.py", "launcher.runtime.worker"), ("launcher/spawn.py", "launcher.runtime.evaluator")}
 
 
 def runtime_imports(path: Path) -> list[tuple[str, int, str]]:

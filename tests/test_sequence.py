@@ -76,18 +76,18 @@ def test_collate_pads_to_the_longest_and_keeps_lengths():
 
 def test_digits_are_read_row_by_row_and_split_deterministically():
     r = recipe()
-    train, val = r.build_datasets()
+    train, val, _ = r.build_datasets()
     assert len(train) + len(val) == 1797 and len(val) == round(1797 * 0.2)
     x, y = train[0]
     assert x.shape == (8, 8) and 0 <= x.min() and x.max() <= 1  # 8 steps (rows) of 8 features (columns)
-    again, _ = recipe().build_datasets()
+    again, *_ = recipe().build_datasets()
     assert torch.equal(again[5][0], train[5][0])
-    other, _ = recipe("data.split_seed=1").build_datasets()
+    other, *_ = recipe("data.split_seed=1").build_datasets()
     assert not all(torch.equal(other[i][0], train[i][0]) for i in range(5))
 
 
 def test_synthetic_sequences_have_variable_lengths():
-    train, _ = recipe("data.name=synthetic", "data.min_len=2", "data.max_len=9").build_datasets()
+    train, *_ = recipe("data.name=synthetic", "data.min_len=2", "data.max_len=9").build_datasets()
     lengths = {len(train[i][0]) for i in range(len(train))}
     assert min(lengths) == 2 and max(lengths) == 9
 

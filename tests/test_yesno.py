@@ -19,7 +19,8 @@ from launcher.config import resolve
 from launcher.errors import ConfigError
 from launcher.recipe_loader import load_recipe
 from recipes._nets import CTCNet
-from recipes.yesno import edit_distance, file_ids, greedy_decode, split_ids
+from recipes._splits import split_names
+from recipes.yesno import edit_distance, file_ids, greedy_decode
 from tests.conftest import ROOT, evaluate_saved, launch_here, only_run_dir, read_jsonl
 
 YESNO = load_recipe("yesno")
@@ -90,10 +91,13 @@ def test_edit_distance_and_greedy_decoding():
 
 def test_the_split_is_by_file_and_depends_only_on_the_seed():
     ids = [f"{i:08b}" for i in range(60)]
-    train, val = split_ids(ids, 0.5, 0)
-    assert len(val) == 30 and set(train) | set(val) == set(ids) and not set(train) & set(val)
-    assert split_ids(list(reversed(ids)), 0.5, 0) == (train, val)  # not the listing order
-    assert split_ids(ids, 0.5, 1)[1] != val
+    train, val, test = split_names(ids, 0.5, 0, 0)
+    assert len(val) == 30 and set(train) | set(val) == set(ids) and not set(train) & set(val) and test == []
+    assert split_names(list(reversed(ids)), 0.5, 0, 0) == (train, val, [])  # not the listing order
+    assert split_names(ids, 0.5, 0, 1)[1] != val
+    # a test split comes out of training: validation keeps the same files
+    train2, val2, test2 = split_names(ids, 0.5, 0.2, 0)
+    assert val2 == val and len(test2) == 12 and set(test2) <= set(train) and set(train2) == set(train) - set(test2)
 
 
 def test_the_network_ignores_padding():
@@ -113,7 +117,7 @@ def test_the_network_ignores_padding():
 
 def test_features_are_computed_once_and_cached_per_data_root(data_root, monkeypatch):
     r = recipe(f"data.root={data_root}")
-    train, val = r.build_datasets()
+    train, val, _ = r.build_datasets()
     assert len(train) == 12 and len(val) == 12  # the default split: half of the files held out
     feats, words = val[0]
     assert feats.shape[1] == 40 and 300 < feats.shape[0] < 900  # log-Mel, 10 ms frames
@@ -127,7 +131,7 @@ def test_features_are_computed_once_and_cached_per_data_root(data_root, monkeypa
         raise AssertionError("audio read again")
 
     monkeypatch.setattr(torchaudio, "load", no_audio)
-    _, again = recipe(f"data.root={data_root}").build_datasets()  # from the cache: no audio read
+    _, again, _ = recipe(f"data.root={data_root}").build_datasets()  # from the cache: no audio read
     assert torch.equal(again[3][0], val[3][0]) and torch.equal(again[3][1], val[3][1])
     # other feature settings are another cache entry, computed from the audio
     with pytest.raises(AssertionError, match="audio read again"):

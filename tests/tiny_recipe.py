@@ -23,6 +23,7 @@ class TinyData(DataSection):
     fail_at_item: int = Field(-1, description="raise in __getitem__ of this index (tests of failures)")
     step_delay: float = Field(0.0, ge=0, description="seconds to sleep per batch (slows runs down for kill tests)")
     item_delay: float = Field(0.0, ge=0, description="seconds to sleep per training sample loaded (a slow loader)")
+    test_size: int = Field(0, ge=0, description="samples of a test split of their own (0: none)")
 
 
 class _Noisy:
@@ -74,7 +75,10 @@ class Tiny(Recipe):
         n_val = d.size // 4
         train = _Noisy(x[n_val:], y[n_val:], d.noise, d.fail_at_item, d.item_delay)
         val = _Noisy(x[:n_val], y[:n_val], 0.0, -1)
-        return train, val
+        if not d.test_size:
+            return train, val
+        xt = torch.randn(d.test_size, d.features, generator=torch.Generator().manual_seed(4321))
+        return train, val, _Noisy(xt, (xt[:, 0] > 0).long() + (xt[:, 1] > 0.5).long(), 0.0, -1)
 
     def step(self, model, batch):
         import torch

@@ -32,7 +32,7 @@ import time
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PREEMPTED, EXIT_STOPPED
 from launcher.signals import PARENT_ENV, REPEAT_S, STOP_SIGNALS, die_with_parent_from_env
 
-WORKER_MARK = b"launcher.runtime.worker"  # in the command line of the workers to pass signals to
+WORKER_MARK = b"launcher.runtime."  # in the command line of the workers to pass signals to (or evaluator)
 QUIET_CODES = (EXIT_STOPPED, EXIT_PREEMPTED, EXIT_BAD_INPUT)
 
 

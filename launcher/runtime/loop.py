@@ -102,10 +102,50 @@ class Parts:
     loggers: Any  # launcher.runtime.loggers.Loggers on rank 0, None elsewhere
     console: Any
     world_size: int = 1
-    wandb_id: str | None = None  # the wandb run the loggers log to (rank 0)
+    wandb_id: str | None = None
+    test_loader: Any = None  # the recipe's test split: evaluated once, at the end of a completed run  # the wandb run the loggers log to (rank 0)
 
 
 _STOP, _FINISHED = "stop", "finished"  # how an epoch's batches ended early
+
+
+def evaluation_sums(
+    recipe: Any, model: torch.nn.Module, loader: Any, strategy: Any, precision: Any
+) -> dict[str, float]:
+    """This rank's sums of ``recipe.step`` over ``loader`` with ``model`` (unwrapped) in eval mode
+    under ``no_grad``; add them over the ranks (``strategy.comm.reduce_sums``) for exact totals.
+    The random streams are as they were before (a dataset or model that draws random numbers in
+    eval would otherwise make training depend on the evaluation cadence). Used by the loop's
+    validation and test passes and by ``launch eval``."""
+    was_training = model.training
+    model.eval()
+    saved_rng = rng.capture()
+    sums: dict[str, Any] = {}
+    with torch.no_grad():
+        for batch in loader:
+            batch = precision.convert_input(to_device(batch, strategy.device))
+            with precision.autocast():
+                _, s = recipe.step(model, batch)
+            for k, v in s.items():
+                sums[k] = sums[k] + v if k in sums else v
+        if strategy.collective_forward:
+            _match_forwards(recipe, model, loader, strategy, precision)
+    model.train(was_training)
+    rng.restore(saved_rng)
+    return {k: scalar(v) for k, v in sums.items()}
+
+
+def _match_forwards(recipe: Any, model: torch.nn.Module, loader: Any, strategy: Any, precision: Any) -> None:
+    """Where a forward is a collective (FSDP gathers parameters), every rank must run as many as
+    the rank with the most evaluation batches: the others repeat one sample and drop the result."""
+    done = len(loader)
+    extra = strategy.comm.max_int(done) - done
+    if extra <= 0:
+        return
+    batch = precision.convert_input(to_device(loader.collate_fn([loader.dataset[0]]), strategy.device))
+    for _ in range(extra):
+        with precision.autocast():
+            recipe.step(model, batch)
 
 
 class Trainer:
@@ -297,52 +337,40 @@ class Trainer:
             return False
         self._check_window()
         t0 = time.perf_counter()
-        p.strategy.sync_buffers(p.model)  # rank 0's BatchNorm statistics on every rank
-        model = p.strategy.unwrap(p.model)
-        was_training = model.training
-        model.eval()
-        # Evaluation must not move training's random streams (a dataset or model that draws
-        # random numbers in eval would otherwise make results depend on the eval cadence).
-        saved_rng = rng.capture()
-        sums: dict[str, Any] = {}
-        with torch.no_grad():
-            for batch in p.val_loader:
-                batch = p.precision.convert_input(to_device(batch, p.strategy.device))
-                with p.precision.autocast():
-                    _, s = p.recipe.step(model, batch)
-                for k, v in s.items():
-                    sums[k] = sums[k] + v if k in sums else v
-            if p.strategy.collective_forward:
-                self._match_forwards(model, len(p.val_loader))
-        model.train(was_training)
-        rng.restore(saved_rng)
-        _, metrics = self._metrics({k: scalar(v) for k, v in sums.items()}, "val")
-        self._check_losses(metrics)
+        metrics = self._evaluate_on(p.val_loader, "val")
         t.last_val, t.last_eval_step = metrics, self.progress.global_step
         seconds = time.perf_counter() - t0
         self.window.other += seconds
         t.time_eval += seconds
-        if p.strategy.is_main:
-            event = {"step": self.progress.global_step, "epoch": self.progress.epoch, **metrics}
-            p.loggers.log({**event, "time/eval_sec": seconds})
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            p.console.write(f"step {self.progress.global_step} epoch {self.progress.epoch}: {shown}")
+        self._show(metrics, {"time/eval_sec": seconds})
         stop = self.monitor.update(t, metrics, self.progress.global_step)
         return p.strategy.comm.any(stop)
 
-    def _match_forwards(self, model: torch.nn.Module, done: int) -> None:
-        """Where a forward is a collective (FSDP gathers parameters), every rank must run as
-        many as the rank with the most evaluation batches: the others repeat one sample and
-        drop the result."""
+    def test(self) -> dict[str, float]:
+        """The test split's metrics (``test/...``) with the weights the model has now, logged at
+        this step; {} without a test split. Training never looks at them."""
+        if self.p.test_loader is None:
+            return {}
+        metrics = self._evaluate_on(self.p.test_loader, "test")
+        self._show(metrics, {})
+        return metrics
+
+    def _show(self, metrics: dict[str, float], extra: dict[str, float]) -> None:
+        if self.p.strategy.is_main:
+            event = {"step": self.progress.global_step, "epoch": self.progress.epoch, **metrics}
+            self.p.loggers.log({**event, **extra})
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            self.p.console.write(f"step {self.progress.global_step} epoch {self.progress.epoch}: {shown}")
+
+    def _evaluate_on(self, loader: Any, split: str) -> dict[str, float]:
+        """One pass over ``loader`` in eval mode, exact sums over every rank -> ``split/...`` metrics."""
         p = self.p
-        extra = p.strategy.comm.max_int(done) - done
-        if extra <= 0:
-            return
-        loader = p.val_loader
-        batch = p.precision.convert_input(to_device(loader.collate_fn([loader.dataset[0]]), p.strategy.device))
-        for _ in range(extra):
-            with p.precision.autocast():
-                p.recipe.step(model, batch)
+        p.strategy.sync_buffers(p.model)  # rank 0's BatchNorm statistics on every rank
+        sums = evaluation_sums(p.recipe, p.strategy.unwrap(p.model), loader, p.strategy, p.precision)
+        _, metrics = self._metrics(sums, split)
+        if split == "val":  # (a NaN test loss is reported as it is: the run has ended)
+            self._check_losses(metrics)
+        return metrics
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> tuple[str, int]:

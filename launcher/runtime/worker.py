@@ -187,13 +187,14 @@ def main(run_dir: str) -> int:
             strategy.teardown()
         raise
     info(global_batch_line(cfg, env.world_size))  # (once the run is sure to start: bad input stays one line)
-    status, code, reason = "failed", EXIT_FAILED, None
+    status, code, reason, tested = "failed", EXIT_FAILED, None, {}
     try:
         status, code = trainer.fit()
         if status == "completed":
             weights = strategy.full_weights(parts.model)  # collective where state is sharded
             if env.is_main:
                 export_model(weights, cfg, rd)
+            tested = trainer.test()  # once, with the weights model.safetensors now holds
     except LaunchError as e:
         reason = str(e)
         code = getattr(e, "exit_code", code)  # a monitor found unknown at the first evaluation: 2
@@ -213,7 +214,7 @@ def main(run_dir: str) -> int:
     except LaunchError as e:
         _say(f"error: {e}")
     if env.is_main:
-        summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start)
+        summary = make_summary(cfg, trainer, status, code, reason, resumed_from, start, tested)
         write_summary(rd, summary)
         parts.loggers.finish(status, code, summary)  # TensorBoard hparams, wandb summary and exit code
         parts.loggers.close()  # every backend and metrics.jsonl, once
@@ -246,7 +247,7 @@ def _redirect_output(rd: RunDir, rank: int) -> None:
     _say(f"launch: rank {rank} of {world} on {node} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})")
 
 
-def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dict:
+def make_summary(cfg, trainer, status, code, reason, resumed_from, start, tested=None) -> dict:
     prog, tr = trainer.progress, trainer.trackers
     t = cfg.train
     summary = {
@@ -258,7 +259,7 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start) -> dic
         "samples_seen": prog.global_step * t.batch_size * t.grad_accum_steps * trainer.p.world_size,
         "global_batch_size": t.batch_size * t.grad_accum_steps * trainer.p.world_size,
         "best": {"metric": cfg.checkpoint.monitor, "value": tr.best_value, "step": tr.best_step},
-        "final_metrics": {**tr.last_train, **tr.last_val},
+        "final_metrics": {**tr.last_train, **tr.last_val, **(tested or {})},  # test/...: of model.safetensors
         "early_stopped": tr.early_stopped,
         "wall_time_sec": trainer.wall_time(),
         "attempt_time_sec": time.time() - start,
@@ -341,12 +342,13 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     if env.world_size > 1:
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
-    train_ds, val_ds = check_datasets(recipe.build_datasets(), cfg.recipe)
+    train_ds, val_ds, test_ds = check_datasets(recipe.build_datasets(), cfg.recipe)
     watch_first_step(recipe, cfg.recipe)
     train_sampler, train_loader = _loader(cfg, recipe, env, device, train_ds, train=True)
-    val_loader = None
-    if val_ds is not None and len(val_ds) > 0:
-        _, val_loader = _loader(cfg, recipe, env, device, val_ds, train=False)
+    val_loader, test_loader = (
+        _loader(cfg, recipe, env, device, ds, train=False)[1] if ds is not None and len(ds) > 0 else None
+        for ds in (val_ds, test_ds)
+    )
 
     optimizer = build_optimizer(strategy.unwrap(model), cfg.train, list(getattr(recipe, "head", []) or []))
     model, optimizer = strategy.prepare(model, optimizer)
@@ -395,6 +397,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         train_sampler=train_sampler,
         train_loader=train_loader,
         val_loader=val_loader,
+        test_loader=test_loader,
         checkpoints=manager,
         stop=stop,
         loggers=loggers,
