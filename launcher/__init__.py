@@ -7,6 +7,20 @@ and is imported only inside worker processes.
 """
 
 __version__ = "0.1.0"
+__all__ = ["train", "evaluate", "load_model", "LaunchError", "ConfigError"]
+
+
+def __getattr__(name: str):
+    """The Python API (launcher/api.py), imported on first use: ``import launcher`` stays light."""
+    if name in ("train", "evaluate", "load_model"):
+        from launcher import api
+
+        return getattr(api, name)
+    if name in ("LaunchError", "ConfigError"):
+        from launcher import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'launcher' has no attribute {name!r}")
 
 
 def _working_dir_last() -> None:

@@ -201,6 +201,27 @@ def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
     return False
 
 
+def run_path_of(spec: str, recipe_cls: type, cfg, kv: list[tuple[str, str]]) -> Path:
+    """The run directory of a resolved command (``run.name``, else the name derived from it)."""
+    from launcher.recipe_loader import recipe_dir_name
+    from launcher.rundir import default_run_name
+
+    if cfg.run.name is None:
+        cfg.run.name = default_run_name(cfg, kv)
+    return Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
+
+
+def run_dir_for(argv: list[str]) -> Path:
+    """Where ``launch ARGV`` trains (nothing started, nothing written)."""
+    ctx = launch.make_context("launch", list(argv))
+    opts = dict(ctx.params)
+    overrides = opts.pop("overrides")
+    for flag in ("dry_run", "show_config", "list_recipes"):
+        opts.pop(flag, None)
+    spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
+    return run_path_of(spec, recipe_cls, cfg, kv)
+
+
 def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: dict, prewarmed) -> int:
     from launcher.startup import config_classes_without_plugins, imports_without_gc
 
@@ -210,8 +231,7 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         from launcher import config as cfgmod
         from launcher.commands import build_command
         from launcher.plan import make_plan
-        from launcher.recipe_loader import recipe_dir_name
-        from launcher.rundir import check_paths, default_run_name, inspect_run_dir, write_config
+        from launcher.rundir import check_paths, inspect_run_dir, write_config
 
         spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
     if show_config:
@@ -223,9 +243,7 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
     # they are on the compute nodes, not here: the worker settles "auto" there)
     ask_gpus = cfg.dist.device in ("auto", "cuda") and not cfg.slurm.enabled
     plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus else None)
-    if cfg.run.name is None:
-        cfg.run.name = default_run_name(cfg, kv)
-    run_path = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
+    run_path = run_path_of(spec, recipe_cls, cfg, kv)
     check_paths(cfg)
     prepared = inspect_run_dir(cfg, run_path)
     if not dry_run and plan.launcher != "slurm" and prepared.state != "completed":
@@ -294,7 +312,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "launcher.slurm:status_command",
     "cancel": "launcher.slurm:cancel_command",
     "report": "launcher.report:report_command",
-    "eval": "launcher.evaluate:eval_command",
+    "eval": "launcher.evaluation:eval_command",
 }
 
 

@@ -100,26 +100,10 @@ def result_path(run_dir: Path, weights: Weights, split: str, pairs: list[tuple[s
     return run_dir / EVAL_DIR / f"{name}.json"
 
 
-@click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("overrides", nargs=-1, metavar="[data.KEY=VALUE ...]")
-@click.option("--checkpoint", "which", default="last", show_default=True, help="last | best | step-N")
-@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
-@click.option("--procs", type=click.IntRange(min=1), help="Processes (exact sums across them, as in training).")
-@click.option("--gpus", type=click.IntRange(min=1), help="GPUs on this node (--device cuda --procs N).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="default: auto")
-def eval_command(run_dir: Path, overrides: tuple[str, ...], which: str, split: str, procs, gpus, device) -> int:
-    """Evaluate a run's weights on its val or test split: one table, and RUN_DIR/eval/*.json.
-
-    Data keys may be overridden (data.root=/new/folder evaluates on other data); keys that change
-    the model are refused. Works on a run that is still training or was preempted."""
-    from launcher import config as cfgmod
-    from launcher import spawn, yamlio
-    from launcher.commands import build_command
-    from launcher.hardware import free_port, visible_gpus
-    from launcher.plan import make_plan
-    from launcher.recipe_loader import load_recipe
-    from launcher.rundir import RunDir, write_atomic
+def read_run_config(run_dir: Path) -> dict:
+    """The run's resolved config (its config.yaml) as a tree; LaunchError when it is no run."""
+    from launcher import yamlio
+    from launcher.rundir import RunDir
 
     rd = RunDir(run_dir)
     if not rd.config.is_file():
@@ -128,6 +112,27 @@ def eval_command(run_dir: Path, overrides: tuple[str, ...], which: str, split: s
         tree = yamlio.load(rd.config.read_text()) or {}
     except (OSError, yamlio.YAMLError):
         raise LaunchError(f"{rd.config} is unreadable; is {run_dir} a run directory?") from None
+    if not isinstance(tree, dict) or not tree.get("recipe"):
+        raise LaunchError(f"{rd.config} names no recipe; is {run_dir} a run directory?")
+    return tree
+
+
+def run_eval(
+    run_dir: Path, overrides: list[str], which: str, split: str, procs: int | None, gpus: int | None, device
+) -> tuple[int, Path]:
+    """Evaluate as ``launch eval`` does: (exit status, the result file it writes)."""
+    from launcher import config as cfgmod
+    from launcher import spawn
+    from launcher.commands import build_command
+    from launcher.hardware import free_port, visible_gpus
+    from launcher.plan import make_plan
+    from launcher.recipe_loader import load_recipe
+    from launcher.rundir import RunDir, write_atomic
+
+    if split not in SPLITS:
+        raise LaunchError(f"split={split!r}: pass one of {', '.join(SPLITS)}")
+    rd = RunDir(run_dir)
+    tree = read_run_config(run_dir)
     pairs = [cfgmod.split_override(t) for t in overrides]
     check_overrides(pairs)
     if gpus is not None and device not in (None, "cuda"):
@@ -143,10 +148,9 @@ def eval_command(run_dir: Path, overrides: tuple[str, ...], which: str, split: s
     weights = choose_weights(rd.path, which, c.monitor, c.mode)
     out = result_path(rd.path, weights, split, pairs)
     plan = make_plan(cfg, visible_gpus())
-    plan_dict = plan.to_dict()
     request = {
         "config": cfgmod.to_plain(cfg),
-        "plan": plan_dict,
+        "plan": plan.to_dict(),
         "weights": str(weights.path),
         "weights_name": weights.name,
         "step": weights.step,
@@ -161,8 +165,24 @@ def eval_command(run_dir: Path, overrides: tuple[str, ...], which: str, split: s
     try:
         port = free_port() if plan.procs_per_node > 1 else None
         command = build_command(plan, cfg, spec, port=port, module=EVALUATOR_MODULE)
-        return spawn.run(command, rd.path)
+        return spawn.run(command, rd.path), out
     finally:
         spec.unlink(missing_ok=True)
         if made and not any(out.parent.iterdir()):
             out.parent.rmdir()  # (refused: nothing written)
+
+
+@click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[data.KEY=VALUE ...]")
+@click.option("--checkpoint", "which", default="last", show_default=True, help="last | best | step-N")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True)
+@click.option("--procs", type=click.IntRange(min=1), help="Processes (exact sums across them, as in training).")
+@click.option("--gpus", type=click.IntRange(min=1), help="GPUs on this node (--device cuda --procs N).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="default: auto")
+def eval_command(run_dir: Path, overrides: tuple[str, ...], which: str, split: str, procs, gpus, device) -> int:
+    """Evaluate a run's weights on its val or test split: one table, and RUN_DIR/eval/*.json.
+
+    Data keys may be overridden (data.root=/new/folder evaluates on other data); keys that change
+    the model are refused. Works on a run that is still training or was preempted."""
+    return run_eval(run_dir, list(overrides), which, split, procs, gpus, device)[0]
