@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, launch_here, read_jsonl
+from tests.conftest import ROOT, TINY, launch_here, read_jsonl, start, wait_for_training
 
 TRAIN = ["log.quiet=true", "train.epochs=2", "--device", "cpu"]
 SHARDED = f"{ROOT / 'tests' / 'tiny_recipe.py'}:TinySharded"
@@ -124,3 +125,39 @@ def test_fsdp_shards_are_assembled_into_the_whole_model(tmp_path):
     step = int(ckpt.name.split("-")[1])
     got, _ = evaluate(tmp_path, str(rd), "--checkpoint", ckpt.name)
     assert got["metrics"] == pytest.approx(logged_val(rd, step), rel=1e-5)
+
+
+def test_deepspeed_zero3_checkpoints_evaluate_on_two_processes(tmp_path, tiny):
+    """ZeRO-3 shards parameters across ranks in training; its checkpoints still hold the whole
+    model's weights, which two evaluation processes (plain DDP) load and sum exactly."""
+    rd = train(tmp_path, tiny, "z", "--procs", "2", "--strategy", "deepspeed", "deepspeed.stage=3")
+    ckpt = sorted(rd.glob("checkpoints/step-*"))[0]
+    assert (ckpt / "deepspeed").is_dir()
+    step = int(ckpt.name.split("-")[1])
+    got, _ = evaluate(tmp_path, str(rd), "--checkpoint", ckpt.name, "--procs", "2")
+    assert got["processes"] == 2 and got["metrics"] == pytest.approx(logged_val(rd, step), rel=1e-5)
+    final, _ = evaluate(tmp_path, str(rd))
+    summary = json.loads((rd / "summary.json").read_text())
+    assert final["metrics"] == pytest.approx(
+        {k: v for k, v in summary["final_metrics"].items() if "val/" in k}, rel=1e-5
+    )
+
+
+def test_a_run_that_is_still_training_evaluates_its_newest_checkpoint(tmp_path, tiny):
+    args = [f"recipe={tiny}", "log.quiet=true", "run.name=live", "train.epochs=30", "data.step_delay=0.05",
+            "checkpoint.every_steps=2", "checkpoint.keep_last=1000", "--device", "cpu"]  # fmt: skip
+    proc = start(args, tmp_path)
+    try:
+        assert wait_for_training(tmp_path, proc)
+        rd = tmp_path / "runs" / "tiny" / "live"
+        deadline = time.time() + 60
+        while not any((p / "COMPLETE").is_file() for p in rd.glob("checkpoints/step-*")):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        before = {p.name for p in rd.iterdir()} - {"eval"}
+        got, _ = evaluate(tmp_path, str(rd))
+        assert got["checkpoint"].startswith("step-") and proc.poll() is None  # training goes on
+        assert {p.name for p in rd.iterdir()} - {"eval"} <= before | {"model.safetensors", "summary.json"}
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)

@@ -30,12 +30,16 @@ def load_weights(model, path: Path) -> None:
     from launcher.weights import load_state_file, strip_prefixes
 
     file = path / MODEL_FILE if path.is_dir() else path
-    if file.is_file():
-        state = strip_prefixes(load_state_file(str(file)))
-    elif (path / DCP_DIR).is_dir():
-        state = _assemble_dcp(model, path / DCP_DIR)
-    else:
-        raise LaunchError(f"{path} holds no weights ({MODEL_FILE} or {DCP_DIR}/); pass another --checkpoint")
+    gone = "if the run is still training, its checkpoint retention may have removed it: run launch eval again"
+    try:
+        if file.is_file():
+            state = strip_prefixes(load_state_file(str(file)))
+        elif (path / DCP_DIR).is_dir():
+            state = _assemble_dcp(model, path / DCP_DIR)
+        else:
+            raise LaunchError(f"{path} holds no weights ({MODEL_FILE} or {DCP_DIR}/); {gone}")
+    except OSError as e:
+        raise LaunchError(f"cannot read the weights in {path} ({e.strerror or e}); {gone}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
