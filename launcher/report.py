@@ -194,16 +194,24 @@ def render_markdown(rows: list[list[str]]) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
+    # A Ctrl-C in the middle of these imports would land inside a C extension's initialisation
+    # (numpy's import_array()), which turns it into "ImportError: ... failed to import": the stop
+    # signals wait until the imports are done, then interrupt as usual.
+    from launcher.signals import blocked
+
+    with blocked():
+        try:
+            import matplotlib
+        except ImportError:
+            matplotlib = None
+        else:
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+    if matplotlib is None:
         raise LaunchError(
             "launch report needs matplotlib, which is not installed; pip install 'launcher[report]' "
             "(or pip install matplotlib)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        )
     return plt
 
 

@@ -56,6 +56,8 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
     if command.in_process and prewarmed is None:
         if command.argv[2] == "launcher.runtime.worker":
             from launcher.runtime.worker import main  # imports torch: only here
+        elif command.argv[2] == "launcher.runtime.exporter":
+            from launcher.runtime.exporter import main  # (`launch export`)
         else:
             from launcher.runtime.evaluator import main  # (`launch eval`)
 

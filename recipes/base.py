@@ -87,6 +87,16 @@ class Recipe:
         """
         raise NotImplementedError
 
+    def model_inputs(self, batch: Any) -> tuple:
+        """The positional arguments ``step`` gives the model for ``batch`` (``launch export``
+        traces the model with them). Default: the batch's first element, as in ``model(x)``."""
+        return (batch[0],)
+
+    def export_info(self) -> dict[str, Any]:
+        """What a user of an exported model needs besides the weights: class names, input
+        preprocessing (JSON-serialisable). Written next to ``launch export``'s file."""
+        return {}
+
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """Turn summed values into metrics. Default: every sum divided by ``count``;
         ``correct`` is reported as ``acc``."""

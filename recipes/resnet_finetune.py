@@ -212,6 +212,21 @@ class ResNetFinetune(Recipe):
             return len(_class_dirs(Path(d.root) / "train"))  # (each holds images: check())
         return SOURCE_CLASSES[d.name] or 10
 
+    def export_info(self):
+        d = self.cfg.data
+        s = d.image_size
+        info = {"classes": None, "input": f"(batch, 3, {s}, {s}) float"}
+        if d.name == "image_folder":
+            info["classes"] = _class_dirs(Path(d.root) / "train")
+        elif d.name == "digits":
+            info["classes"] = [str(i) for i in range(10)]
+        if d.name == "digits":
+            info["preprocessing"] = f"8x8 grey digit / 16, bilinear to {s}x{s}, (x - 0.5) / 0.5, 3 equal channels"
+        else:
+            info["preprocessing"] = {"resize": int(round(s * 256 / 224)), "center_crop": s,
+                                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip
+        return info
+
     def build_model(self):
         import torch
         import torchvision

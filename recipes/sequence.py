@@ -207,6 +207,13 @@ class Sequence(Recipe):
         train, val, test = (torch.utils.data.Subset(ds, idx) if idx else None for idx in parts)
         return train, val, test
 
+    def model_inputs(self, batch):
+        x, lengths, _ = batch
+        return (x, lengths)
+
+    def export_info(self):
+        return {"inputs": "x: (batch, steps, features) float, zero-padded; lengths: (batch,) int64 (on the CPU)"}
+
     @staticmethod
     def collate(samples):
         """[(x (L_i, F), y)] -> (x zero-padded to the longest (B, L, F), lengths (B,), y (B,))."""

@@ -280,6 +280,15 @@ class YesNo(Recipe):
         n = d.n_mels if d.features == "logmel" else d.n_mfcc
         return CTCNet(n, m.channels, 3, m.dropout)
 
+    def model_inputs(self, batch):
+        x, lengths, _, _ = batch
+        return (x, lengths)
+
+    def export_info(self):
+        d = self.cfg.data
+        return {"inputs": f"{d.features} features per frame at {d.sample_rate} Hz, normalised per file; lengths (batch,)",
+                "outputs": "log-probabilities over (blank, no, yes) per frame, and the output lengths"}  # fmt: skip
+
     @staticmethod
     def collate(samples):
         """[(features (T_i, n), words (S_i,))] -> (features (B, T, n), T_i (B,), words (B, S), S_i (B,))."""

@@ -22,6 +22,7 @@ OUTSIDE = sorted(
 ALLOWED = {
     ("launcher/spawn.py", "launcher.runtime.worker"),
     ("launcher/spawn.py", "launcher.runtime.evaluator"),
+    ("launcher/spawn.py", "launcher.runtime.exporter"),
     ("launcher/api.py", "launcher.runtime.evaluator"),
 }
 
