@@ -32,10 +32,12 @@ Examples:
   launch recipe=my_pkg.module:MyRecipe                your own recipe
   launch --list
 
-Other commands: launch status RUN_DIR, launch cancel RUN_DIR (Slurm jobs),
-launch report RUN_DIR [RUN_DIR ...] (plots and a summary table),
-launch eval RUN_DIR [--checkpoint last|best|step-N] [--split val|test] (evaluate weights),
-launch export RUN_DIR [--checkpoint ...] [--format safetensors|pt2] (a model file usable on its own).
+\b
+Other commands (each has --help):
+  launch status RUN_DIR / launch cancel RUN_DIR       Slurm jobs
+  launch report RUN_DIR [RUN_DIR ...]                 plots and a summary table
+  launch eval RUN_DIR [--checkpoint last|best|step-N] [--split val|test]
+  launch export RUN_DIR [--checkpoint ...] [--format safetensors|pt2]
 
 Running the same command again resumes the newest complete checkpoint, or says the run is
 complete. Exit status: 0 completed, 1 failed, 2 bad input, 130 stopped (Ctrl-C), 143 preempted.
