@@ -117,22 +117,48 @@ def read_run_config(run_dir: Path) -> dict:
     return tree
 
 
+def run_config(run_dir: Path, overrides: list[tuple[str, str]]):
+    """(recipe class, config): the run's own config, with ``overrides`` in place of how it was
+    trained to run (``dist.*``, ``slurm.*``)."""
+    from launcher import config as cfgmod
+    from launcher.recipe_loader import load_recipe
+
+    tree = read_run_config(run_dir)
+    recipe_cls = load_recipe(tree["recipe"])
+    for section in ("dist", "slurm"):
+        tree.pop(section, None)  # (how it was trained: not how it is evaluated or exported)
+    return recipe_cls, cfgmod.resolve(recipe_cls, [tree], overrides)
+
+
+def run_request(folder: Path, request: dict, command_for) -> int:
+    """Hand ``request`` to the processes of ``command_for(request file)`` through spawn; the
+    request file is removed afterwards, and ``folder`` too when this made it and nothing came."""
+    from launcher import spawn
+    from launcher.rundir import write_atomic
+
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / f".request-{os.getpid()}.json"
+    write_atomic(spec, json.dumps(request, indent=2, default=str) + "\n")
+    try:
+        return spawn.run(command_for(spec), Path(request["run_dir"]))
+    finally:
+        spec.unlink(missing_ok=True)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()  # (refused: nothing written)
+
+
 def run_eval(
     run_dir: Path, overrides: list[str], which: str, split: str, procs: int | None, gpus: int | None, device
 ) -> tuple[int, Path]:
     """Evaluate as ``launch eval`` does: (exit status, the result file it writes)."""
     from launcher import config as cfgmod
-    from launcher import spawn
     from launcher.commands import build_command
     from launcher.hardware import free_port, visible_gpus
     from launcher.plan import make_plan
-    from launcher.recipe_loader import load_recipe
-    from launcher.rundir import RunDir, write_atomic
 
     if split not in SPLITS:
         raise LaunchError(f"split={split!r}: pass one of {', '.join(SPLITS)}")
-    rd = RunDir(run_dir)
-    tree = read_run_config(run_dir)
     pairs = [cfgmod.split_override(t) for t in overrides]
     check_overrides(pairs)
     if gpus is not None and device not in (None, "cuda"):
@@ -140,15 +166,13 @@ def run_eval(
     n = gpus or procs or 1
     dist = [("dist.procs", str(n)), ("dist.nodes", "1"), ("dist.strategy", "auto"), ("slurm.enabled", "false")]
     dist.append(("dist.device", "cuda" if gpus else (device or "auto")))
-    recipe_cls = load_recipe(tree["recipe"])
-    for section in ("dist", "slurm"):
-        tree.pop(section, None)  # (how it was trained: not how it is evaluated)
-    cfg = cfgmod.resolve(recipe_cls, [tree], [*pairs, *dist])
+    _, cfg = run_config(run_dir, [*pairs, *dist])
     c = cfg.checkpoint
-    weights = choose_weights(rd.path, which, c.monitor, c.mode)
-    out = result_path(rd.path, weights, split, pairs)
+    weights = choose_weights(run_dir, which, c.monitor, c.mode)
+    out = result_path(run_dir, weights, split, pairs)
     plan = make_plan(cfg, visible_gpus())
     request = {
+        "run_dir": str(run_dir),
         "config": cfgmod.to_plain(cfg),
         "plan": plan.to_dict(),
         "weights": str(weights.path),
@@ -158,18 +182,11 @@ def run_eval(
         "out": str(out),
         "overrides": dict(pairs),
     }
-    made = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec = out.parent / f".request-{os.getpid()}.json"
-    write_atomic(spec, json.dumps(request, indent=2, default=str) + "\n")
-    try:
-        port = free_port() if plan.procs_per_node > 1 else None
-        command = build_command(plan, cfg, spec, port=port, module=EVALUATOR_MODULE)
-        return spawn.run(command, rd.path), out
-    finally:
-        spec.unlink(missing_ok=True)
-        if made and not any(out.parent.iterdir()):
-            out.parent.rmdir()  # (refused: nothing written)
+    port = free_port() if plan.procs_per_node > 1 else None
+    code = run_request(
+        out.parent, request, lambda spec: build_command(plan, cfg, spec, port=port, module=EVALUATOR_MODULE)
+    )
+    return code, out
 
 
 @click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

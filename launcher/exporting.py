@@ -9,8 +9,6 @@ beside it (``<file>.json``) names the recipe, the weights, the classes and the p
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import click
@@ -29,34 +27,20 @@ EXPORTER_MODULE = "launcher.runtime.exporter"
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the files (default RUN_DIR/export).")
 def export_command(run_dir: Path, which: str, fmt: str, out: Path | None) -> int:
     """Export a run's weights (safetensors) or its model (pt2, torch.export), with a JSON beside it."""
-    from launcher import config as cfgmod
-    from launcher import spawn
-    from launcher.commands import Command
-    from launcher.evaluation import choose_weights, read_run_config
-    from launcher.recipe_loader import load_recipe
-    from launcher.rundir import write_atomic
+    import sys
 
-    tree = read_run_config(run_dir)
-    recipe_cls = load_recipe(tree["recipe"])
-    for section in ("dist", "slurm"):
-        tree.pop(section, None)
-    cfg = cfgmod.resolve(recipe_cls, [tree], [("dist.device", "cpu"), ("dist.procs", "1"), ("dist.nodes", "1")])
+    from launcher import config as cfgmod
+    from launcher.commands import Command
+    from launcher.evaluation import choose_weights, run_config, run_request
+
+    _, cfg = run_config(run_dir, [("dist.device", "cpu"), ("dist.procs", "1"), ("dist.nodes", "1")])
     weights = choose_weights(run_dir, which, cfg.checkpoint.monitor, cfg.checkpoint.mode)
     folder = out if out is not None else run_dir / EXPORT_DIR
     if folder.exists() and not folder.is_dir():
         raise LaunchError(f"--out {folder} is a file; pass a folder")
     target = folder / f"{weights.name}{FORMATS[fmt]}"
-    request = {"config": cfgmod.to_plain(cfg), "weights": str(weights.path), "weights_name": weights.name,
-               "step": weights.step, "format": fmt, "out": str(target)}  # fmt: skip
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = folder / f".request-{os.getpid()}.json"
-    write_atomic(spec, json.dumps(request, indent=2, default=str) + "\n")
-    try:
-        import sys
-
-        return spawn.run(Command([sys.executable, "-m", EXPORTER_MODULE, str(spec)], in_process=True), run_dir)
-    finally:
-        spec.unlink(missing_ok=True)
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
+    request = {"run_dir": str(run_dir), "config": cfgmod.to_plain(cfg), "weights": str(weights.path),
+               "weights_name": weights.name, "step": weights.step, "format": fmt, "out": str(target)}  # fmt: skip
+    return run_request(
+        folder, request, lambda spec: Command([sys.executable, "-m", EXPORTER_MODULE, str(spec)], in_process=True)
+    )
