@@ -252,28 +252,12 @@ def _signal_handlers_restored():
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-# The files whose tests take longest (mostly several real multi-process runs each), longest first:
-# scheduled right after the Slurm tests, so that the two workers do not end with one of them alone.
-LONG_FILES = (
-    "test_ddp.py", "test_fsdp.py", "test_resume.py", "test_stop_signals.py", "test_legacy_checkpoints.py",
-    "test_checkpoints.py", "test_fp16_cpu.py", "test_compile.py", "test_eval.py", "test_logging.py",
-)  # fmt: skip
-
-
-def _schedule_rank(item) -> int:
-    if "slurm" in item.keywords:
-        return 0
-    name = item.path.name
-    return 1 + LONG_FILES.index(name) if name in LONG_FILES else 1 + len(LONG_FILES)
-
-
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA GPU: skipped cleanly without one. Under pytest-xdist
     (scripts/test.sh: ``-n 2 --dist loadfile``: a file's tests run in one worker, so the Slurm
     cluster's run one at a time) the `slurm` tests come first: the longest chain of the suite
-    (mostly waiting on the scheduler) then runs beside everything else instead of after it; then
-    the longest files (LONG_FILES), the short ones last."""
-    items.sort(key=_schedule_rank)  # (stable: a file's tests keep their order)
+    (mostly waiting on the scheduler) then runs beside everything else instead of after it."""
+    items.sort(key=lambda item: "slurm" not in item.keywords)  # (stable: the rest keeps its order)
     import torch
 
     if torch.cuda.is_available():
