@@ -7,12 +7,12 @@ and is imported only inside worker processes.
 """
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "load_model", "LaunchError", "ConfigError"]
+__all__ = ["train", "evaluate", "predict", "load_model", "LaunchError", "ConfigError"]
 
 
 def __getattr__(name: str):
     """The Python API (launcher/api.py), imported on first use: ``import launcher`` stays light."""
-    if name in ("train", "evaluate", "load_model"):
+    if name in ("train", "evaluate", "predict", "load_model"):
         from launcher import api
 
         return getattr(api, name)

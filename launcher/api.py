@@ -2,10 +2,11 @@
 :class:`launcher.errors.LaunchError` (a :class:`~launcher.errors.ConfigError` for bad input)
 instead of printing a line and exiting. The CLI and these functions run the same code.
 
-    from launcher import train, evaluate, load_model
+    from launcher import train, evaluate, predict, load_model
 
     summary = train("resnet_finetune", overrides={"train.epochs": 3}, procs=2)
     metrics = evaluate(summary["run_dir"], checkpoint="best", split="val")
+    records = predict(summary["run_dir"], ["photos/"])               # one dict per input file
     model = load_model(summary["run_dir"], checkpoint="best")    # an nn.Module, in eval mode
 
 Importing :mod:`launcher` stays torch-free: these are imported on first use, and only
@@ -21,7 +22,7 @@ from typing import Any
 
 from launcher.errors import EXIT_BAD_INPUT, EXIT_COMPLETED, LaunchError
 
-__all__ = ["train", "evaluate", "load_model", "LaunchError"]
+__all__ = ["train", "evaluate", "predict", "load_model", "LaunchError"]
 
 
 def _argv(overrides: Mapping[str, Any] | None) -> list[str]:
@@ -64,7 +65,7 @@ def train(
     if code != EXIT_COMPLETED or summary is None:
         status = (summary or {}).get("status", "failed")
         raise LaunchError(f"the run in {run_dir} ended {status} (exit {code}); run the same call to resume it")
-    return {**summary, "run_dir": str(run_dir)}
+    return {**summary, "run_dir": str(run_dir.resolve())}
 
 
 def evaluate(
@@ -84,6 +85,29 @@ def evaluate(
     if result is None:
         raise LaunchError(f"evaluating {run_dir} failed (exit {code}; its message is above)")
     return result
+
+
+def predict(
+    run_dir: str | Path,
+    inputs: list[str | Path],
+    checkpoint: str = "last",
+    *,
+    batch_size: int | None = None,
+    skip_bad: bool = False,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """``launch predict``: one record per input (files, or folders standing for their files), in
+    input order, each with its ``input`` path (and ``error`` for a file skipped under ``skip_bad``)."""
+    import tempfile
+
+    from launcher.predicting import run_predict
+
+    with tempfile.TemporaryDirectory(prefix="launch-predict-") as tmp:
+        out = Path(tmp) / "records.jsonl"
+        code = run_predict(Path(run_dir), [str(p) for p in inputs], checkpoint, out, batch_size, skip_bad, device)
+        if code != EXIT_COMPLETED or not out.is_file():
+            raise LaunchError(f"predicting with {run_dir} failed (exit {code}; its message is above)")
+        return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
 
 def load_model(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu"):

@@ -37,6 +37,7 @@ Other commands (each has --help):
   launch status RUN_DIR / launch cancel RUN_DIR       Slurm jobs
   launch report RUN_DIR [RUN_DIR ...]                 plots and a summary table
   launch eval RUN_DIR [--checkpoint last|best|step-N] [--split val|test]
+  launch predict RUN_DIR INPUT... [--out FILE] [--checkpoint ...]
   launch export RUN_DIR [--checkpoint ...] [--format safetensors|pt2]
 
 Running the same command again resumes the newest complete checkpoint, or says the run is
@@ -317,6 +318,7 @@ SUBCOMMANDS: dict[str, str] = {
     "report": "launcher.report:report_command",
     "eval": "launcher.evaluation:eval_command",
     "export": "launcher.exporting:export_command",
+    "predict": "launcher.predicting:predict_command",
 }
 
 

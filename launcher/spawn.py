@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -42,7 +43,6 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
     cannot be tied to ``launch``'s life) it runs inside this interpreter instead, as the same worker.
     """
     flag = signals.installed()
-    os.environ.update(command.env)
     usable = prewarmed is not None and prewarmed.can_run(command.argv)
     if command.in_process and not signals.CAN_DIE_WITH_PARENT:
         usable = False
@@ -58,12 +58,15 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
             from launcher.runtime.worker import main  # imports torch: only here
         elif command.argv[2] == "launcher.runtime.exporter":
             from launcher.runtime.exporter import main  # (`launch export`)
+        elif command.argv[2] == "launcher.runtime.predictor":
+            from launcher.runtime.predictor import main  # (`launch predict`)
         else:
             from launcher.runtime.evaluator import main  # (`launch eval`)
 
-        return main(command.argv[-1])
+        with _environ(command.env):  # (what a child would get, for as long as it runs here)
+            return main(command.argv[-1])
     started = time.time()
-    env = {**os.environ, signals.PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, **command.env, signals.PARENT_ENV: str(os.getpid())}
     with signals.blocked():  # it starts with them blocked: one that arrives meanwhile waits for its flag
         child = prewarmed.start(command.argv, env) if prewarmed is not None else subprocess.Popen(command.argv, env=env)
     if flag is not None:
@@ -90,6 +93,20 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
         if not _summary_since(run_dir, started):  # it ended before it could train or save anything
             return stopped_before_training(flag)
     return code
+
+
+@contextlib.contextmanager
+def _environ(changes: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def stopped_before_training(flag: signals.StopFlag) -> int:

@@ -30,6 +30,8 @@ class SequenceClassifier(nn.Module):
         self.fc = nn.Linear(hidden * self.dirs, classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # torch.export cannot trace packed sequences
+            return self.fc(self.drop(self.final_state_masked(x, lengths)))
         # pack_padded_sequence wants the lengths on the CPU; padding never enters the cell
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, h = self.rnn(packed)
@@ -37,6 +39,49 @@ class SequenceClassifier(nn.Module):
             h = h[0]
         last = h[-self.dirs :].transpose(0, 1).reshape(x.shape[0], -1)  # (B, dirs * hidden), batch order kept
         return self.fc(self.drop(last))
+
+    def final_state_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What the packed forward computes (the last layer's final states, in eval mode), step
+        by step over the padded batch: a sequence's state changes only at its own steps, so the
+        backward direction starts at each sequence's last step, as packing makes it."""
+        rnn = self.rnn
+        steps = x.shape[1]
+        valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # (B, T)
+        inputs = x
+        for layer in range(rnn.num_layers):
+            outs, finals = [], []
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w = [getattr(rnn, f"{n}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                h = x.new_zeros(x.shape[0], rnn.hidden_size)
+                c = h if rnn.mode == "LSTM" else None
+                seq = [h] * steps
+                for t in reversed(range(steps)) if d else range(steps):
+                    h_new, c_new = _cell(rnn.mode, inputs[:, t], h, c, *w)
+                    keep = valid[:, t, None]
+                    h = torch.where(keep, h_new, h)
+                    c = torch.where(keep, c_new, c) if c is not None else None
+                    seq[t] = h
+                outs.append(torch.stack(seq, 1))
+                finals.append(h)
+            inputs = torch.cat(outs, 2)
+        return torch.cat(finals, 1)  # (B, dirs * hidden): forward then backward, as h_n orders them
+
+
+def _cell(mode: str, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step of torch's RNN_TANH / GRU / LSTM cell: (h, c) after it."""
+    gi, gh = nn.functional.linear(x, w_ih, b_ih), nn.functional.linear(h, w_hh, b_hh)
+    if mode == "GRU":
+        ri, zi, ni = gi.chunk(3, 1)
+        rh, zh, nh = gh.chunk(3, 1)
+        r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
+        n = torch.tanh(ni + r * nh)
+        return (1 - z) * n + z * h, None
+    if mode == "LSTM":
+        i, f, g, o = (gi + gh).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    return torch.tanh(gi + gh), None
 
 
 class CTCNet(nn.Module):

@@ -53,6 +53,7 @@ class Recipe:
     head: ClassVar[list[str]] = []
     shard_units: ClassVar[tuple[str, ...]] = ()
     metric_names: ClassVar[tuple[str, ...] | None] = None
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -92,10 +93,43 @@ class Recipe:
         traces the model with them). Default: the batch's first element, as in ``model(x)``."""
         return (batch[0],)
 
+    def export_inputs(self, batch: Any) -> tuple:
+        """The example ``launch export --format pt2`` traces with (default: ``model_inputs``).
+        The batch size stays free; other sizes stay free where the model allows it (a recurrent
+        model fixes its number of steps: pad the example to the longest input it should take)."""
+        return tuple(self.model_inputs(batch))
+
     def export_info(self) -> dict[str, Any]:
         """What a user of an exported model needs besides the weights: class names, input
         preprocessing (JSON-serialisable). Written next to ``launch export``'s file."""
         return {}
+
+    def read_input(self, path: str) -> list[Any]:
+        """``launch predict``: the samples in one input file, each as the validation split's
+        samples are (the label may be any placeholder: prediction never looks at it), with the
+        validation preprocessing. Most files hold one sample; a file of several (a ``.npz`` of
+        sequences) gives one record each. Raise any exception for a file that cannot be read: it
+        is reported in one line naming the file."""
+        raise NotImplementedError
+
+    def predict(self, model: Any, batch: Any) -> list[dict[str, Any]]:
+        """``launch predict``: one JSON-serialisable record per sample of ``batch`` (collated as
+        the loader does, on the model's device, no gradients). Default, for classifiers: the
+        ``class`` (a name from ``export_info()["classes"]`` when it has them) and the ``probs``."""
+        import torch
+
+        logits = model(*self.model_inputs(batch))
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        names = self.export_info().get("classes")
+        records = []
+        for row in probs.tolist():
+            row = [round(v, 6) for v in row]
+            best = max(range(len(row)), key=row.__getitem__)
+            if names and len(names) == len(row):
+                records.append({"class": names[best], "probs": dict(zip(names, row, strict=True))})
+            else:
+                records.append({"class": best, "probs": row})
+        return records
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """Turn summed values into metrics. Default: every sum divided by ``count``;

@@ -31,6 +31,7 @@ WEIGHTS = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Fixed number of classes of the built-in sources (None: any).
 SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "fake": None, "image_folder": None}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size (3 float32 channels)
 DIGITS_MAX_SIZE = 256  # 1,797 x 3 x 256 x 256 floats = 1.4 GB
@@ -92,6 +93,7 @@ class ResNetFinetune(Recipe):
     head = ["fc."]
     shard_units = ("layer1", "layer2", "layer3", "layer4")  # --strategy fsdp: a unit per stage, then the root
     metric_names = ("loss", "acc")  # train/ and val/ (the base class's metrics(): correct -> acc)
+    input_suffixes = IMAGE_EXTENSIONS  # launch predict: image files, or folders of them
     # 5 epochs: the val accuracy on digits that the README's recipe table states
     defaults = {
         "train": {
@@ -220,12 +222,33 @@ class ResNetFinetune(Recipe):
             info["classes"] = _class_dirs(Path(d.root) / "train")
         elif d.name == "digits":
             info["classes"] = [str(i) for i in range(10)]
+        elif d.name == "cifar10":
+            info["classes"] = list(CIFAR10_CLASSES)
         if d.name == "digits":
             info["preprocessing"] = f"8x8 grey digit / 16, bilinear to {s}x{s}, (x - 0.5) / 0.5, 3 equal channels"
         else:
             info["preprocessing"] = {"resize": int(round(s * 256 / 224)), "center_crop": s,
                                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip
         return info
+
+    def read_input(self, path: str):
+        """An image file of any size, as validation sees its images: resized and centre-cropped
+        (digits: made grey and scaled to data.image_size, like the 8x8 digits)."""
+        if getattr(self, "_predict_tf", None) is None:
+            self._predict_tf = self._digits_transform() if self.cfg.data.name == "digits" else self._transforms()[1]
+        from PIL import Image
+
+        with Image.open(path) as image:  # (what cannot be decoded raises: launch predict names the file)
+            return [(self._predict_tf(image.convert("RGB")), -1)]
+
+    def _digits_transform(self):
+        from torchvision import transforms
+
+        s = self.cfg.data.image_size
+        return transforms.Compose([
+            transforms.Grayscale(3), transforms.Resize((s, s), antialias=True), transforms.ToTensor(),
+            transforms.Normalize((0.5,) * 3, (0.5,) * 3),
+        ])  # fmt: skip
 
     def build_model(self):
         import torch

@@ -103,6 +103,7 @@ class Sequence(Recipe):
     Data = SequenceData
     head = ["fc."]
     metric_names = ("loss", "acc")
+    input_suffixes = (".npz",)  # launch predict: files like data.name=file's (labels not needed)
     # 15 epochs: the val accuracy on digits that the README's recipe table states
     defaults = {
         "train": {
@@ -211,8 +212,39 @@ class Sequence(Recipe):
         x, lengths, _ = batch
         return (x, lengths)
 
+    def read_input(self, path: str):
+        """The sequences of an .npz as data.name=file reads them (``labels`` may be absent):
+        one sample per sequence, cut to its length."""
+        import numpy as np
+        import torch
+
+        with np.load(path, allow_pickle=False) as z:
+            if "sequences" not in z.files:
+                raise ValueError(f"it has no sequences array (it has: {', '.join(z.files) or 'nothing'})")
+            x = z["sequences"]
+            lengths = z["lengths"] if "lengths" in z.files else None
+        if x.ndim == 2:
+            x = x[:, :, None]
+        features = self._shape()[0]
+        if x.ndim != 3 or x.shape[2] != features or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"sequences has shape {x.shape}; this model reads (N, T, {features}) numbers")
+        if lengths is None:
+            lengths = np.full(len(x), x.shape[1])
+        if lengths.shape != (len(x),) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > x.shape[1]:
+            raise ValueError(f"lengths must be {len(x)} integers in 1..{x.shape[1]}")
+        x = torch.from_numpy(x.astype(np.float32))
+        return [(x[i, : int(n)], torch.tensor(-1)) for i, n in enumerate(lengths)]
+
+    def export_inputs(self, batch):
+        """Padded to the data's longest sequence: the exported program takes that many steps."""
+        x, lengths, _ = batch
+        steps = self._data()[0].shape[1]
+        return (torch_pad_steps(x, steps), lengths)
+
     def export_info(self):
-        return {"inputs": "x: (batch, steps, features) float, zero-padded; lengths: (batch,) int64 (on the CPU)"}
+        steps, features = self._data()[0].shape[1], self._shape()[0]
+        return {"inputs": f"x: (batch, steps, {features}) float, zero-padded after each length; lengths: (batch,) int64",
+                "pt2": f"x has exactly {steps} steps (pad shorter sequences)"}  # fmt: skip
 
     @staticmethod
     def collate(samples):
@@ -233,6 +265,13 @@ class Sequence(Recipe):
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
         n = y.shape[0]
         return loss, {"loss": loss.detach() * n, "correct": (logits.detach().argmax(1) == y).sum(), "count": n}
+
+
+def torch_pad_steps(x, steps: int):
+    """(B, L, F) -> (B, steps, F), zeros after L."""
+    import torch
+
+    return torch.nn.functional.pad(x, (0, 0, 0, steps - x.shape[1]))
 
 
 class Sequences:

@@ -98,6 +98,7 @@ class YesNo(Recipe):
     Data = YesNoData
     head = ["fc."]
     metric_names = ("loss", "val/wer", "val/file_acc")  # decoding runs in evaluation only
+    input_suffixes = (".wav", ".flac", ".mp3", ".ogg")  # launch predict: recordings, or folders of them
     # Measured on 2 CPU cores, 60-file espeak-ng stand-in (scripts/yesno_standin.py): see README.
     defaults = {
         "train": {
@@ -283,6 +284,27 @@ class YesNo(Recipe):
     def model_inputs(self, batch):
         x, lengths, _, _ = batch
         return (x, lengths)
+
+    def read_input(self, path: str):
+        """A recording (any rate: resampled) -> its features, as validation computes them."""
+        import torch
+        import torchaudio
+
+        if getattr(self, "_predict_tf", None) is None:
+            self._predict_tf = self._feature_transform()
+        waveform, rate = torchaudio.load(path)
+        return [(self._featurize(self._predict_tf, waveform, rate), torch.zeros(0, dtype=torch.int64))]
+
+    def predict(self, model, batch):
+        """The decoded words of each recording: ``words`` (yes/no) and ``label`` (YESNO's file
+        name form, e.g. 0_1_1_0_0_1_0_1)."""
+        log_probs, out_lengths = model(*self.model_inputs(batch))
+        best = log_probs.argmax(-1).T.tolist()
+        records = []
+        for b, n in enumerate(out_lengths.tolist()):
+            words = greedy_decode(best[b][:n])
+            records.append({"words": ["yes" if w else "no" for w in words], "label": "_".join(map(str, words))})
+        return records
 
     def export_info(self):
         d = self.cfg.data

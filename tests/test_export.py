@@ -76,15 +76,44 @@ def test_bad_input_is_one_line(run):
 
 
 def test_a_model_torch_export_cannot_trace_is_one_line(tmp_path):
-    """The sequence recipe packs its padded batches (pack_padded_sequence: shapes that depend on
-    the data), which torch.export cannot trace: one line pointing at safetensors, nothing written."""
+    """A forward that branches on the data cannot be traced: one line pointing at safetensors,
+    nothing written, and the weights still export."""
+    branchy = TINY.replace(":Tiny", ":TinyBranchy")
     r = launch_here(
-        ["recipe=sequence", "log.quiet=true", "run.name=s", "train.max_steps=1", "--device", "cpu"], tmp_path
+        [f"recipe={branchy}", "log.quiet=true", "run.name=s", "train.max_steps=1", "--device", "cpu"], tmp_path
     )
     assert r.returncode == 0, r.stderr
-    rd = tmp_path / "runs" / "sequence" / "s"
+    rd = tmp_path / "runs" / "tiny" / "s"
     r = launch_here(["export", str(rd), "--format", "pt2"], tmp_path)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "torch.export cannot trace" in lines[0], r.stderr
     assert "--format safetensors" in lines[0] and not (rd / "export").exists()
     assert launch_here(["export", str(rd)], tmp_path).returncode == 0  # the weights still export
+
+
+def test_a_recurrent_model_exports_with_a_fixed_number_of_steps(tmp_path):
+    """The sequence recipe packs its batches in training; exported, the same model runs step by
+    step over the padded batch (packing cannot be traced) and computes the same classes."""
+    import torch
+
+    from recipes._nets import SequenceClassifier
+
+    r = launch_here(["recipe=sequence", "log.quiet=true", "run.name=s", "train.max_steps=2", "model.cell=lstm",
+                     "model.layers=2", "data.name=synthetic", "data.max_len=9", "--device", "cpu"], tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rd = tmp_path / "runs" / "sequence" / "s"
+    r = launch_here(["export", str(rd), "--format", "pt2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((rd / "export" / "final.pt2.json").read_text())
+    assert info["example_inputs"][0]["shape"][1:] == [9, 4] and "9 steps" in info["pt2"]
+    from safetensors.torch import load_file
+
+    eager = SequenceClassifier("lstm", 4, 128, 2, True, 0.1, 3)
+    eager.load_state_dict(load_file(str(rd / "model.safetensors")))
+    eager.eval()
+    program = torch.export.load(str(rd / "export" / "final.pt2")).module()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 10, (13,), generator=g)
+    x = torch.randn(13, 9, 4, generator=g) * (torch.arange(9)[None, :, None] < lengths[:, None, None])
+    with torch.no_grad():
+        torch.testing.assert_close(program(x, lengths), eager(x, lengths), rtol=1e-4, atol=1e-5)

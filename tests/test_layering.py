@@ -23,6 +23,7 @@ ALLOWED = {
     ("launcher/spawn.py", "launcher.runtime.worker"),
     ("launcher/spawn.py", "launcher.runtime.evaluator"),
     ("launcher/spawn.py", "launcher.runtime.exporter"),
+    ("launcher/spawn.py", "launcher.runtime.predictor"),
     ("launcher/api.py", "launcher.runtime.evaluator"),
 }
 

@@ -68,6 +68,19 @@ def test_padding_never_reaches_the_cell(cell, bidirectional):
         assert not torch.allclose(net(changed, lengths)[1], batch[1])
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, True), (3, False)], ids=["1-uni", "2-bi", "3-uni"])
+def test_the_step_by_step_forward_of_export_equals_the_packed_one(cell, layers, bidirectional):
+    """What `launch export --format pt2` traces (torch.export cannot trace packing): the masked
+    steps over the padded batch give the packed forward's final states, garbage padding too."""
+    torch.manual_seed(1)
+    net = SequenceClassifier(cell, 3, 8, layers, bidirectional, 0.2, 4).eval()
+    lengths = torch.tensor([6, 1, 3, 6, 2])
+    x = torch.randn(5, 6, 3) + 1e3 * (torch.arange(6)[None, :, None] >= lengths[:, None, None])
+    with torch.no_grad():
+        torch.testing.assert_close(net.fc(net.final_state_masked(x, lengths)), net(x, lengths), rtol=1e-5, atol=1e-6)
+
+
 def test_collate_pads_to_the_longest_and_keeps_lengths():
     x, lengths, y = SEQ.collate([(torch.ones(2, 3), torch.tensor(1)), (torch.ones(4, 3), torch.tensor(0))])
     assert x.shape == (2, 4, 3) and lengths.tolist() == [2, 4] and y.tolist() == [1, 0]

@@ -103,3 +103,17 @@ class TinySharded(Tiny):
 
 class TinyBadUnits(Tiny):
     shard_units = ("encoder",)  # no such module: one line, exit 2
+
+
+class TinyBranchy(Tiny):
+    """A model whose forward branches on the data (torch.export cannot trace it)."""
+
+    def build_model(self):
+        import torch
+
+        class Branchy(torch.nn.Sequential):
+            def forward(self, x):
+                return super().forward(x) if x.sum() > 0 else -super().forward(x)
+
+        m, d = self.cfg.model, self.cfg.data
+        return Branchy(torch.nn.Linear(d.features, m.hidden), torch.nn.ReLU(), torch.nn.Linear(m.hidden, 3))

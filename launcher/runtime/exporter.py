@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -52,17 +55,21 @@ def export(request: dict) -> dict:
 
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     else:
-        args = tuple(recipe.model_inputs(example_batch(recipe, cfg)))
+        args = tuple(recipe.export_inputs(example_batch(recipe, cfg)))
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        try:
-            with warnings.catch_warnings():  # (what tracing warns about is said in the error, if it fails)
-                warnings.simplefilter("ignore")
-                program = torch.export.export(model, args, dynamic_shapes=tuple({0: batch} for _ in args))
-        except Exception as e:  # torch.export names what it cannot trace
+        auto = torch.export.Dim.AUTO  # (other sizes: free where the model allows, else the example's)
+        dims = tuple({0: batch, **{d: auto for d in range(1, a.ndim)}} for a in args)
+        failure = None
+        with warnings.catch_warnings(), _quiet():  # (what tracing says is in the error, if it fails)
+            warnings.simplefilter("ignore")
+            try:
+                program = torch.export.export(model, args, dynamic_shapes=dims)
+            except Exception as e:  # torch.export names what it cannot trace
+                failure = f"{type(e).__name__}: {first_line(e)}"
+        if failure is not None:
             raise LaunchError(
-                f"torch.export cannot trace recipe {cfg.recipe}'s model ({type(e).__name__}: {first_line(e)}); "
-                "use --format safetensors"
-            ) from None
+                f"torch.export cannot trace recipe {cfg.recipe}'s model ({failure}); use --format safetensors"
+            )
         with torch.no_grad():
             want, got = model(*args), program.module()(*args)
         close = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(_flat(want), _flat(got), strict=True))
@@ -78,6 +85,19 @@ def export(request: dict) -> dict:
 
     write_atomic(info_path(out), json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Log records and what is printed dropped meanwhile (torch.export shows the graph it
+    failed on, and warns as it goes)."""
+    was = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(was)
 
 
 def info_path(out: Path) -> Path:
