@@ -124,6 +124,15 @@ def _predict(recipe, model, batch, device, precision) -> list[dict]:
     return list(records)
 
 
+def _write(line: str, stream, flush: bool) -> None:
+    """One record; on a terminal above the progress bar (tqdm takes the bar off meanwhile)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=stream)
+    if flush:
+        stream.flush()
+
+
 @contextlib.contextmanager
 def _bar(total: int):
     """A progress bar over the input files on a terminal (after a second: short runs show none)."""
@@ -148,7 +157,7 @@ def main(request_path: str) -> int:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out is not None else None
     try:
         with open(tmp, "w") if tmp is not None else contextlib.nullcontext(sys.stdout) as stream:
-            refused = _records(request, env, lambda line: print(line, file=stream, flush=out is None))
+            refused = _records(request, env, lambda line: _write(line, stream, flush=out is None))
         if tmp is not None:
             tmp.replace(out)
     except LaunchError as e:
