@@ -69,7 +69,9 @@ def test_padding_never_reaches_the_cell(cell, bidirectional):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, True), (3, False)], ids=["1-uni", "2-bi", "3-uni"])
+@pytest.mark.parametrize(
+    ("layers", "bidirectional"), [(1, False), (2, True), (3, False)], ids=["1-uni", "2-bi", "3-uni"]
+)
 def test_the_step_by_step_forward_of_export_equals_the_packed_one(cell, layers, bidirectional):
     """What `launch export --format pt2` traces (torch.export cannot trace packing): the masked
     steps over the padded batch give the packed forward's final states, garbage padding too."""
