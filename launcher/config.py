@@ -129,7 +129,6 @@ class EarlyStoppingSection(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
-Scheduler = Literal["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau", "warmup_cosine"]
 Precision = Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true"]
 
 
@@ -138,14 +137,29 @@ class TrainSection(Section):
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(64, ge=1, description="per process")
     lr: float = Field(0.1, gt=0)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam, adamw: each in [0, 1)")
+    optimizer: str = Field("sgd", description="a torch.optim class (SGD, Adam, AdamW, RMSprop, ...; any case)")
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict, description="the optimizer's own arguments, e.g. {eps: 1e-6, amsgrad: true}"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD")
+    nesterov: bool = Field(False, description="SGD")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="optimizers with betas (Adam, AdamW, NAdam, ...): each in [0, 1)"
+    )
     weight_decay: float = Field(0.0, ge=0, description="not applied to biases and norm layers")
     backbone_lr_mult: float = Field(1.0, ge=0, description="lr multiplier for all but the recipe's head")
-    # Schedulers step once per optimizer step (plateau: once per evaluation).
-    scheduler: Scheduler = "none"
+    # Schedulers step once per optimizer step, or epoch (plateau: once per evaluation).
+    scheduler: str = Field(
+        "none",
+        description="none | step | multistep | exponential | cosine | onecycle | plateau | warmup_cosine | "
+        "a torch.optim.lr_scheduler class",
+    )
+    scheduler_args: dict[str, Any] = Field(
+        default_factory=dict, description="a scheduler class's own arguments, e.g. {T_0: 100, T_mult: 2}"
+    )
+    scheduler_interval: Literal["step", "epoch"] = Field(
+        "step", description="step the scheduler after every optimizer step or at every epoch end"
+    )
     warmup_steps: int = Field(0, ge=0)
     step_size: int = Field(1000, ge=1, description="step: optimizer steps between decays")
     milestones: list[int] = Field(default_factory=list, description="multistep: optimizer steps")
@@ -170,6 +184,10 @@ class TrainSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainSection:
+        from launcher import torch_classes as tc
+
+        tc.check_optimizer_args(self.optimizer, self.optimizer_args)
+        tc.check_scheduler_args(self.scheduler, self.scheduler_args)
         if self.scheduler == "multistep" and not self.milestones:
             raise ValueError("train.scheduler=multistep needs train.milestones=[...] (optimizer steps)")
         if sorted(self.milestones) != list(self.milestones):
@@ -773,7 +791,14 @@ def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
 # Keys added after run directories already existed, with their defaults: at the default they
 # are left out of the run name's hash (the same command still finds its run directory) and a
 # config.yaml written before them reads as holding the default.
-ADDED_KEYS = {"fsdp.reshard_after_forward": True, "fsdp.cpu_offload": False, "data.test_fraction": 0.0}
+ADDED_KEYS = {
+    "fsdp.reshard_after_forward": True,
+    "fsdp.cpu_offload": False,
+    "data.test_fraction": 0.0,
+    "train.optimizer_args": {},
+    "train.scheduler_args": {},
+    "train.scheduler_interval": "step",
+}
 
 
 def config_hash(cfg: Config) -> str:

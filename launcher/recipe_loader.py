@@ -266,7 +266,9 @@ def monitored(cfg) -> list[tuple[str, str]]:
     scheduler uses it."""
     es, c = cfg.train.early_stopping, cfg.checkpoint
     out = []
-    if c.keep_best or (cfg.train.scheduler == "plateau" and not es.monitor):
+    from launcher.torch_classes import is_plateau
+
+    if c.keep_best or (is_plateau(cfg.train.scheduler) and not es.monitor):
         out.append(("checkpoint.monitor", c.monitor))
     if es.monitor:
         out.append(("train.early_stopping.monitor", es.monitor))

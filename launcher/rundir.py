@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import yamlio
+from launcher import torch_classes, yamlio
 from launcher.config import (
     OPERATIONAL_KEYS,
     SECRET_KEY,
@@ -104,11 +104,6 @@ RNG_FILE_RE = re.compile(r"rng-rank(\d+)\.pt")
 def rng_file(rank: int) -> str:
     """The RNG states of rank ``rank`` in a checkpoint (matches :data:`RNG_FILE_RE`)."""
     return f"rng-rank{rank}.pt"
-
-
-# Schedulers whose shape is planned from the run's total optimizer steps: such a run keeps its
-# length (train.epochs / train.max_steps cannot change once it has checkpoints).
-LENGTH_DEPENDENT_SCHEDULERS = ("cosine", "onecycle", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -358,7 +353,7 @@ def _check_schedule_length(cfg: Config, rd: RunDir, safe: dict[str, tuple[Any, A
     checkpoint's schedule: the total also depends on the process count)."""
     t = cfg.train
     changed = {k: safe[k] for k in ("train.epochs", "train.max_steps") if k in safe}
-    if not changed or t.scheduler not in LENGTH_DEPENDENT_SCHEDULERS:
+    if not changed or not torch_classes.length_dependent(t.scheduler, t.scheduler_args):
         return
     ckpts = rd.complete_checkpoints()
     meta: dict[str, Any] = {}

@@ -69,8 +69,8 @@ def _scheduler(name: str, total: int):
 
 @pytest.mark.parametrize("name", LENGTH_DEPENDENT + LENGTH_FREE)
 def test_every_scheduler_knows_whether_it_was_planned_for_a_length(name):
-    from launcher.rundir import LENGTH_DEPENDENT_SCHEDULERS
     from launcher.runtime.optim import check_schedule_length, planned_steps
+    from launcher.torch_classes import LENGTH_DEPENDENT_LEGACY as LENGTH_DEPENDENT_SCHEDULERS
 
     assert sorted(LENGTH_DEPENDENT_SCHEDULERS) == sorted(LENGTH_DEPENDENT)
     t, sched = _scheduler(name, total=8)
@@ -152,6 +152,12 @@ CASES = [
         "planned as 1 epoch(s) with train.scheduler=onecycle",
         setup=old_checkpoints,
     ),
+    Case(  # a torch class whose length argument is left to the run: planned for it, like cosine
+        "class-cosine-without-T_max",
+        [*R, "train.scheduler=CosineAnnealingLR", "train.epochs=2"],
+        "planned as 1 epoch(s) (9 optimizer steps) with train.scheduler=CosineAnnealingLR",
+        setup=completed("train.scheduler=CosineAnnealingLR", "train.epochs=1"),
+    ),
     # found by the worker (it knows the run's steps once the data is built); the fresh run
     # directory is removed again
     Case(
@@ -197,6 +203,42 @@ def test_schedules_that_do_not_depend_on_the_length_continue(tmp_path):
     assert s["status"] == "completed" and s["global_step"] == 18 and s["resumed_from"].endswith("step-9")
     lrs = {e["step"]: e["lr"] for e in read_jsonl(run_dir(tmp_path) / "metrics.jsonl") if "lr" in e}
     assert lrs == {step: pytest.approx(0.05 * 0.5 ** (step // 4)) for step in range(2, 19, 2)}
+
+
+def test_a_class_schedule_with_its_length_given_continues(tmp_path):
+    base = ["train.scheduler=CosineAnnealingLR", "train.scheduler_args={T_max: 30}"]
+    assert train(tmp_path, *base, "train.epochs=1") == 0
+    assert train(tmp_path, *base, "train.epochs=2") == 0
+    s = strict_json(run_dir(tmp_path) / "summary.json")
+    assert s["status"] == "completed" and s["global_step"] == 18 and s["resumed_from"].endswith("step-9")
+    lrs = {e["step"]: e["lr"] for e in read_jsonl(run_dir(tmp_path) / "metrics.jsonl") if "lr" in e}
+    assert lrs == {k: pytest.approx(0.025 * (1 + math.cos(math.pi * k / 30))) for k in range(2, 19, 2)}
+
+
+def test_a_class_schedule_resumes_exactly(tmp_path):
+    """Interrupted after its step-4 checkpoint, a warm-restart schedule with an epoch interval
+    and another optimizer resumes to the same weights as an uninterrupted run."""
+    from tests.conftest import assert_same_weights
+
+    args = ["train.optimizer=RMSprop", "train.optimizer_args={momentum: 0.5}", "train.lr=0.01", "train.epochs=3",
+            "train.scheduler=CosineAnnealingWarmRestarts", "train.scheduler_args={T_0: 2}",
+            "train.scheduler_interval=epoch", "checkpoint.every_steps=4", "checkpoint.keep_last=10"]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    assert train(whole, *args) == 0
+    assert train(cut, *args) == 0  # then cut back to what a kill after step 4 leaves
+    rd = run_dir(cut)
+    import shutil
+
+    for p in (rd / "summary.json", rd / "model.safetensors"):
+        p.unlink()
+    for step in rd.glob("checkpoints/step-*"):
+        if step.name != "step-4":
+            shutil.rmtree(step)
+    assert train(cut, *args) == 0
+    summary = strict_json(rd / "summary.json")
+    assert (summary["resumed_from"] or "").endswith("step-4"), summary
+    assert_same_weights(run_dir(whole) / "model.safetensors", rd / "model.safetensors")
 
 
 def test_a_length_dependent_run_accepts_keys_that_keep_its_length(tmp_path):

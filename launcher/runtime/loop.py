@@ -164,6 +164,11 @@ class Trainer:
         self.stop_check: StopCheck | None = None  # (set by fit)
         self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
         self.monitor = Monitor(self.cfg, parts.scheduler)
+        self.epoch_scheduler = (  # steps once per epoch instead of per optimizer step
+            parts.scheduler is not None
+            and self.monitor.plateau is None
+            and self.cfg.train.scheduler_interval == "epoch"
+        )
         t = self.cfg.train
         self.cadence = (t.log_every, t.eval_every, self.cfg.checkpoint.every_steps, t.max_steps)  # (every step)
         self.steps_per_epoch, self.total_steps = planned_steps(self.cfg, parts.train_sampler.batches_per_epoch())
@@ -397,6 +402,8 @@ class Trainer:
                 prog.epoch += 1
                 prog.batch_in_epoch = 0
                 finished = self.evaluate() or finished
+                if self.epoch_scheduler:  # (train.scheduler_interval=epoch: after the epoch's evaluation)
+                    p.scheduler.step()
                 self._end_epoch()
                 self.save()
                 if comm.any(p.stop.requested):
@@ -418,7 +425,7 @@ class Trainer:
         move = device.type != "cpu"  # the loader's batches are already on the CPU
         convert = p.precision.converts_input
         model, optimizer, scheduler, precision, recipe = p.model, p.optimizer, p.scheduler, p.precision, p.recipe
-        step_scheduler = scheduler is not None and self.monitor.plateau is None
+        step_scheduler = scheduler is not None and self.monitor.plateau is None and not self.epoch_scheduler
         accum, clip, params = t.grad_accum_steps, t.grad_clip, self.params
         sampler, window = p.train_sampler, self.window
         n_batches = sampler.batches_per_epoch()

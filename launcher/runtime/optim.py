@@ -1,7 +1,8 @@
 """Optimizer with parameter groups, and learning-rate schedulers from the torch family.
 
 A schedule whose shape is planned from the run's total optimizer steps (``cosine``,
-``onecycle``, ``warmup_cosine``: ``LENGTH_DEPENDENT_SCHEDULERS``) belongs to that length: a
+``onecycle``, ``warmup_cosine``, and a class whose length argument is left to the run:
+``launcher.torch_classes.length_dependent``) belongs to that length: a
 resumed run must have the same total (:func:`check_schedule_length`), else it would step past
 its end (OneCycleLR raises, a cosine climbs back up). The others (``none``, ``step``,
 ``multistep``, ``exponential``, ``plateau``) simply continue when a run is extended.
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from launcher import torch_classes as tc
 from launcher.config import TrainSection
-from launcher.errors import ConfigError, LaunchError
-from launcher.rundir import LENGTH_DEPENDENT_SCHEDULERS
+from launcher.errors import ConfigError, LaunchError, first_line
 
 
 def param_groups(model: torch.nn.Module, t: TrainSection, head: list[str]) -> list[dict]:
@@ -53,12 +54,26 @@ def param_groups(model: torch.nn.Module, t: TrainSection, head: list[str]) -> li
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainSection, head: list[str]) -> torch.optim.Optimizer:
+    """``train.optimizer``'s class with the parameter groups, ``train.lr``, ``train.betas`` (where
+    the class takes them), SGD's ``train.momentum``/``train.nesterov``, and ``train.optimizer_args``.
+    Values the class rejects are one line (exit 2), before training."""
+    name = tc.optimizer_class(t.optimizer)
     groups = param_groups(model, t, head)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
-    if t.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=t.lr, betas=t.betas)
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas)
+    kwargs: dict = {"lr": t.lr}
+    if "betas" in tc.OPTIMIZERS[name]:
+        kwargs["betas"] = t.betas
+    if name == "SGD":
+        kwargs.update(momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+    kwargs.update(t.optimizer_args)
+    return _construct(getattr(torch.optim, name), "train.optimizer_args", groups, **kwargs)
+
+
+def _construct(cls, key: str, *args, **kwargs):
+    try:
+        return cls(*args, **kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("lr",)) or "its defaults"
+        raise ConfigError(f"torch.optim {cls.__name__} refused {key} ({shown}): {first_line(e)}") from None
 
 
 def check_schedule_fits(t: TrainSection, total_steps: int, warn: Callable[[str], None] | None = None) -> None:
@@ -121,7 +136,25 @@ def build_scheduler(
             ],
             milestones=[warm],
         )
-    raise ConfigError(f"unknown train.scheduler={name}")
+    return _class_scheduler(optimizer, t, total, monitor_mode)
+
+
+def _class_scheduler(optimizer: torch.optim.Optimizer, t: TrainSection, total: int, monitor_mode: str):
+    """A torch.optim.lr_scheduler class by name with ``train.scheduler_args``; the length
+    arguments the user left out are the run's (``total``), OneCycleLR peaks at each group's lr,
+    ReduceLROnPlateau follows the monitor's mode."""
+    name = tc.scheduler_class(t.scheduler)
+    if name is None:
+        raise ConfigError(f"unknown train.scheduler={t.scheduler}")
+    kwargs = dict(t.scheduler_args)
+    length = tc.LENGTH_ARGS.get(name)
+    if length is not None and tc.length_dependent(t.scheduler, kwargs):
+        kwargs[length] = total
+    if name == "OneCycleLR":
+        kwargs.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])
+    if name == "ReduceLROnPlateau":
+        kwargs.setdefault("mode", monitor_mode)
+    return _construct(getattr(torch.optim.lr_scheduler, name), "train.scheduler_args", optimizer, **kwargs)
 
 
 def planned_steps(state: dict) -> int | None:
@@ -138,13 +171,15 @@ def planned_steps(state: dict) -> int | None:
         return None if last is None else int(milestones[-1]) + last
     if "T_max" in state:  # CosineAnnealingLR
         return int(state["T_max"])
+    if "power" in state and "total_iters" in state:  # PolynomialLR
+        return int(state["total_iters"])
     return None
 
 
 def check_schedule_length(scheduler, saved_state: dict, t: TrainSection, checkpoint: Path) -> None:
     """Refuse to resume ``checkpoint`` when its schedule was planned for another number of steps
     than this run takes (more epochs, another train.max_steps, another process count)."""
-    if scheduler is None or t.scheduler not in LENGTH_DEPENDENT_SCHEDULERS:
+    if scheduler is None or not tc.length_dependent(t.scheduler, t.scheduler_args):
         return
     planned, now = planned_steps(saved_state), planned_steps(scheduler.state_dict())
     if planned is None or now is None or planned == now:

@@ -359,11 +359,12 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         rd, c.keep_last, c.keep_best, c.monitor, c.mode, rank=env.rank, async_write=c.async_
     )
     manager.private_config = holds_secrets(to_plain(cfg))
-    _, total_steps = planned_steps(cfg, train_sampler.batches_per_epoch())
+    per_epoch, total_steps = planned_steps(cfg, train_sampler.batches_per_epoch())
+    by_epoch = cfg.train.scheduler_interval == "epoch"  # (the schedule's length in its own steps)
     scheduler = build_scheduler(  # on the torch optimizer (Accelerate and DeepSpeed wrap it)
         strategy.torch_optimizer(optimizer),
         cfg.train,
-        total_steps,
+        math.ceil(total_steps / per_epoch) if by_epoch else total_steps,
         monitor_mode=plateau_monitor(cfg)[1],
         warn=(lambda m: _say(f"warning: {m}")) if env.is_main else None,
     )
