@@ -18,7 +18,7 @@ import stat
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -166,6 +166,13 @@ class TrainSection(Section):
     gamma: float = Field(0.1, gt=0, description="decay factor (step, multistep, exponential, plateau)")
     min_lr: float = Field(0.0, ge=0, description="floor of cosine schedules")
     plateau_patience: int = Field(2, ge=0)
+    # classification recipes (Recipe.classification_loss): the loss and what shapes it
+    loss: Literal["cross_entropy", "nll", "bce_with_logits", "focal"] = Field(
+        "cross_entropy", description="classification recipes: nll = LogSoftmax + NLLLoss; bce_with_logits per class"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: share of the target spread evenly")
+    focal_gamma: float = Field(2.0, ge=0, description="loss=focal: the focusing exponent")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on the weights weight decay applies to (not biases, norms)")
     grad_accum_steps: int = Field(1, ge=1)
     grad_clip: Optional[float] = Field(None, gt=0, description="max global grad norm")
     eval_every: int = Field(0, ge=0, description="evaluate every N optimizer steps (0: at epoch ends only)")
@@ -207,6 +214,9 @@ class DataSection(Section):
     test_fraction: float = Field(
         0.0, ge=0, lt=1, description="share held out as a test split, evaluated once at the end (0: none)"
     )
+    class_weights: Union[Literal["auto"], list[float], None] = Field(
+        None, description="classification: auto (inverse class frequency of the training split) or one per class"
+    )
     pin_memory: Optional[bool] = Field(None, description="default: on for CUDA")
     download: bool = Field(True, description="let torchvision/torchaudio download missing data")
 
@@ -216,6 +226,9 @@ class DataSection(Section):
             raise ValueError(
                 f"data.root={self.root!r} holds a control character (newline, tab, ...); give a plain path"
             )
+        w = self.class_weights
+        if isinstance(w, list) and (len(w) < 2 or not all(math.isfinite(v) and v > 0 for v in w)):
+            raise ValueError(f"data.class_weights={w}: give one positive number per class (e.g. [1.0, 3.5]), or auto")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} leave nothing "
@@ -798,6 +811,11 @@ ADDED_KEYS = {
     "train.optimizer_args": {},
     "train.scheduler_args": {},
     "train.scheduler_interval": "step",
+    "train.loss": "cross_entropy",
+    "train.label_smoothing": 0.0,
+    "train.focal_gamma": 2.0,
+    "train.l1": 0.0,
+    "data.class_weights": None,
 }
 
 

@@ -293,6 +293,39 @@ def check_monitors(cls: object, cfg) -> None:
             raise ConfigError(unknown_metric_message(key, name, sorted(names)))
 
 
+def check_classification(cls: object, cfg) -> None:
+    """The keys that shape a classification loss apply to recipes that declare ``classification``
+    (their step uses Recipe.classification_loss); elsewhere they would do nothing: refused."""
+    t, d = cfg.train, cfg.data
+    if getattr(cls, "classification", False):
+        weights = getattr(d, "class_weights", None)
+        if isinstance(weights, list):
+            try:
+                classes = cls(cfg).num_classes()
+            except Exception:  # (a recipe that cannot tell without torch: the worker checks)
+                classes = None
+            if classes is not None and len(weights) != classes:
+                raise ConfigError(
+                    f"data.class_weights has {len(weights)} weights but recipe {cfg.recipe} has {classes} classes; "
+                    f"give {classes}"
+                )
+        return
+    given = [
+        f"{k}={v}"
+        for k, v, default in (
+            ("train.loss", t.loss, "cross_entropy"),
+            ("train.label_smoothing", t.label_smoothing, 0.0),
+            ("data.class_weights", getattr(d, "class_weights", None), None),
+        )
+        if v != default
+    ]
+    if given:
+        raise ConfigError(
+            f"{given[0]} applies to classification recipes (resnet_finetune, sequence, or yours with classification = "
+            f"True and its loss from self.classification_loss); recipe {cfg.recipe} computes its own loss: drop it"
+        )
+
+
 class UnknownMetric(ConfigError):
     """A monitor that names no metric, found at the first evaluation (a recipe that declares no
     ``metric_names``): bad input (exit 2), but the run directory and its checkpoints stay."""

@@ -86,6 +86,8 @@ LENGTH_DEPENDENT_LEGACY = ("cosine", "onecycle", "warmup_cosine")
 
 
 def _pick(name: str, table: dict, refused: dict, what: str, key: str, extra: tuple[str, ...] = ()) -> str:
+    if not name.strip():
+        raise ValueError(f"{key}= has no value; give one, e.g. {key}={'sgd' if table is OPTIMIZERS else 'cosine'}")
     found = {n.lower(): n for n in table}.get(name.lower())
     if found is None:
         names = {n.lower(): n for n in [*table, *extra]}

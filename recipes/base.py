@@ -54,9 +54,11 @@ class Recipe:
     shard_units: ClassVar[tuple[str, ...]] = ()
     metric_names: ClassVar[tuple[str, ...] | None] = None
     input_suffixes: ClassVar[tuple[str, ...]] = ()
+    classification: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.class_weights = None  # data.class_weights as a tensor: set by the runtime before training
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -64,9 +66,10 @@ class Recipe:
 
         This one checks the monitored metric names against ``metric_names``: an override should
         call ``super().check(cfg)`` (the worker checks them again before training anyway)."""
-        from launcher.recipe_loader import check_monitors
+        from launcher.recipe_loader import check_classification, check_monitors
 
         check_monitors(cls, cfg)
+        check_classification(cls, cfg)
 
     def build_model(self) -> Any:  # -> torch.nn.Module
         raise NotImplementedError
@@ -87,6 +90,49 @@ class Recipe:
         ``count``) so that adding them across batches and processes gives exact totals.
         """
         raise NotImplementedError
+
+    def num_classes(self) -> int | None:
+        """The number of classes of a classification recipe (None: not known before the data)."""
+        return None
+
+    def classification_loss(self, logits: Any, target: Any) -> Any:
+        """The mean loss of ``logits`` (batch, classes) against class indices ``target`` as
+        ``train.loss`` says: cross_entropy, nll (LogSoftmax then NLLLoss: the same value),
+        bce_with_logits (each class a sigmoid against the one-hot target) or focal
+        (``train.focal_gamma``); with ``train.label_smoothing`` and the class weights
+        (``data.class_weights``: a weighted mean, as torch's losses take it)."""
+        import torch
+        import torch.nn.functional as F
+
+        t = self.cfg.train
+        logits = logits.float()
+        w = self.class_weights  # (on the model's device: the runtime puts it there)
+        smooth = t.label_smoothing
+        if t.loss == "cross_entropy":
+            return F.cross_entropy(logits, target, weight=w, label_smoothing=smooth)
+        if t.loss == "nll":
+            logp = F.log_softmax(logits, dim=-1)
+            if smooth:  # (NLLLoss has no smoothing: the same mixture as cross_entropy's)
+                return (1 - smooth) * F.nll_loss(logp, target, weight=w) + smooth * _uniform_term(logp, target, w)
+            return F.nll_loss(logp, target, weight=w)
+        classes = logits.shape[-1]
+        onehot = F.one_hot(target, classes).to(logits.dtype)
+        if t.loss == "bce_with_logits":
+            goal = onehot * (1 - smooth) + smooth / classes
+            per = F.binary_cross_entropy_with_logits(logits, goal, reduction="none")  # (batch, classes)
+            if w is not None:
+                per = per * w
+            return per.sum(-1).mean() / classes
+        # focal: -(1 - p_t)^gamma log p_t, weighted by the target's class weight
+        logp = F.log_softmax(logits, dim=-1)
+        goal = onehot * (1 - smooth) + smooth / classes
+        per = -(goal * logp).sum(-1)
+        p_t = torch.exp(-per)
+        per = (1 - p_t).pow(t.focal_gamma) * per
+        if w is None:
+            return per.mean()
+        wy = w[target]
+        return (per * wy).sum() / wy.sum()
 
     def model_inputs(self, batch: Any) -> tuple:
         """The positional arguments ``step`` gives the model for ``batch`` (``launch export``
@@ -141,3 +187,12 @@ class Recipe:
                 continue
             out["acc" if key == "correct" else key] = value / count
         return out
+
+
+def _uniform_term(logp: Any, target: Any, weight: Any) -> Any:
+    """The smoothing part of cross_entropy's label smoothing: the mean over classes of -log p,
+    weighted per sample by its target's class weight (torch's convention)."""
+    per = -(logp * (1.0 if weight is None else weight)).mean(-1)
+    if weight is None:
+        return per.mean()
+    return per.sum() / weight[target].sum()

@@ -93,6 +93,7 @@ class ResNetFinetune(Recipe):
     head = ["fc."]
     shard_units = ("layer1", "layer2", "layer3", "layer4")  # --strategy fsdp: a unit per stage, then the root
     metric_names = ("loss", "acc")  # train/ and val/ (the base class's metrics(): correct -> acc)
+    classification = True  # train.loss, label_smoothing, data.class_weights, data.sampling apply
     input_suffixes = IMAGE_EXTENSIONS  # launch predict: image files, or folders of them
     # 5 epochs: the val accuracy on digits that the README's recipe table states
     defaults = {
@@ -412,7 +413,7 @@ class ResNetFinetune(Recipe):
         if self.cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss = self.classification_loss(logits, y)
         n = y.shape[0]
         sums = {
             "loss": loss.detach() * n,

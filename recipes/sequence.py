@@ -103,6 +103,7 @@ class Sequence(Recipe):
     Data = SequenceData
     head = ["fc."]
     metric_names = ("loss", "acc")
+    classification = True  # train.loss, label_smoothing, data.class_weights, data.sampling apply
     input_suffixes = (".npz",)  # launch predict: files like data.name=file's (labels not needed)
     # 15 epochs: the val accuracy on digits that the README's recipe table states
     defaults = {
@@ -184,6 +185,9 @@ class Sequence(Recipe):
         x, _, y = self._data()
         return x.shape[2], d.num_classes or int(y.max()) + 1
 
+    def num_classes(self) -> int:
+        return self._shape()[1]
+
     def build_model(self):
         from recipes._nets import SequenceClassifier
 
@@ -258,11 +262,10 @@ class Sequence(Recipe):
 
     # ------------------------------------------------------------------ the step
     def step(self, model, batch):
-        import torch
 
         x, lengths, y = batch
         logits = model(x, lengths)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss = self.classification_loss(logits, y)
         n = y.shape[0]
         return loss, {"loss": loss.detach() * n, "correct": (logits.detach().argmax(1) == y).sum(), "count": n}
 
@@ -279,6 +282,7 @@ class Sequences:
 
     def __init__(self, x, lengths, y):
         self.x, self.lengths, self.y = x, lengths, y
+        self.targets = y  # (the labels without the sequences: class weights, balanced sampling)
 
     def __len__(self) -> int:
         return len(self.y)

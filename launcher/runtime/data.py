@@ -183,3 +183,19 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
     if isinstance(batch, dict):
         return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
     return batch
+
+
+def labels_of(dataset: Any) -> list[int]:
+    """The class index of every sample of a classification dataset, without loading its inputs
+    where the dataset says them (``targets`` or ``labels``, torchvision's convention, through
+    ``Subset`` and ``TensorDataset``); else every sample is read once."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        parent = labels_of(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) >= 2:
+        return [int(v) for v in dataset.tensors[1].tolist()]
+    for name in ("targets", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None and len(values) == len(dataset):
+            return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    return [int(dataset[i][1]) for i in range(len(dataset))]

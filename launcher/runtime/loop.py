@@ -163,6 +163,8 @@ class Trainer:
         self.attempt_start_step: int | None = None  # global step at which this attempt's fit() began
         self.stop_check: StopCheck | None = None  # (set by fit)
         self.params = [q for g in parts.optimizer.param_groups for q in g["params"]]
+        # train.l1: over what weight decay applies to (trainable, ndim > 1: no biases, no norms)
+        self.l1_params = [q for q in self.params if q.ndim > 1] if self.cfg.train.l1 else []
         self.monitor = Monitor(self.cfg, parts.scheduler)
         self.epoch_scheduler = (  # steps once per epoch instead of per optimizer step
             parts.scheduler is not None
@@ -265,6 +267,9 @@ class Trainer:
             "strategy": s.name,
             "metrics": {**self.trackers.last_train, **self.trackers.last_val},
         }
+        weights = getattr(p.recipe, "class_weights", None)
+        if weights is not None:
+            meta["class_weights"] = [float(w) for w in weights.tolist()]  # what the loss was weighted by
         p.checkpoints.save(
             step, model_state, self.state(), rngs, meta, to_yaml(self.cfg), shards=shards, pending=pending
         )
@@ -427,6 +432,7 @@ class Trainer:
         model, optimizer, scheduler, precision, recipe = p.model, p.optimizer, p.scheduler, p.precision, p.recipe
         step_scheduler = scheduler is not None and self.monitor.plateau is None and not self.epoch_scheduler
         accum, clip, params = t.grad_accum_steps, t.grad_clip, self.params
+        l1, l1_params = t.l1, self.l1_params
         sampler, window = p.train_sampler, self.window
         n_batches = sampler.batches_per_epoch()
         clock = time.perf_counter
@@ -463,6 +469,8 @@ class Trainer:
             with no_sync(model) if not boundary else _NULL:
                 with autocast():
                     loss, sums = recipe.step(model, batch)
+                if l1_params:  # (the logged loss stays the recipe's: sums)
+                    loss = loss + l1 * torch.stack([q.abs().sum() for q in l1_params]).sum()
                 backward(loss / divisor if divisor != 1 else loss)
             add_window(sums)
             if not boundary:

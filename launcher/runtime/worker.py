@@ -30,8 +30,15 @@ from pathlib import Path
 
 from launcher import yamlio
 from launcher.config import config_class, to_plain, validate
-from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, LaunchError, first_line
-from launcher.recipe_loader import check_datasets, check_model, check_monitors, load_recipe, watch_first_step
+from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, LaunchError, first_line
+from launcher.recipe_loader import (
+    check_classification,
+    check_datasets,
+    check_model,
+    check_monitors,
+    load_recipe,
+    watch_first_step,
+)
 from launcher.rundir import (
     CONFIG_FILE,
     LOGS_DIR,
@@ -311,6 +318,38 @@ def _load_init_weights(model, path: str) -> None:
         raise LaunchError(f"model.init_from={path} does not fit this model ({first_line(e)})") from None
 
 
+def class_weights(cfg, recipe, train_ds, info):
+    """``data.class_weights`` as a tensor (None when unset): ``auto`` is the inverse class
+    frequency of the training split, n / (classes * count), the same on every rank; a list must
+    have one weight per class."""
+    import torch
+
+    from launcher.runtime.data import labels_of
+
+    given = getattr(cfg.data, "class_weights", None)
+    if given is None:
+        return None
+    classes = recipe.num_classes()
+    if given == "auto":
+        labels = labels_of(train_ds)
+        classes = classes or max(labels) + 1
+        counts = torch.bincount(torch.tensor(labels, dtype=torch.int64), minlength=classes).double()
+        if (counts == 0).any():
+            empty = [str(i) for i in (counts == 0).nonzero().flatten().tolist()][:5]
+            raise ConfigError(
+                f"data.class_weights=auto: the training split has no sample of class {', '.join(empty)}; "
+                "give the weights as a list, or drop the key"
+            )
+        weights = (counts.sum() / (classes * counts)).float()
+        info("class weights (inverse class frequency): " + ", ".join(f"{w:.3g}" for w in weights.tolist()))
+        return weights
+    if classes is not None and len(given) != classes:
+        raise ConfigError(
+            f"data.class_weights has {len(given)} weights but recipe {cfg.recipe} has {classes} classes; give {classes}"
+        )
+    return torch.tensor(given, dtype=torch.float32)
+
+
 def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     """Construct every part of the run and restore the newest checkpoint, if any."""
     import torch
@@ -332,6 +371,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         info("fp16-mixed on the CPU: float16 autocast with a GradScaler; correct, usually slower than fp32 on CPUs")
 
     check_monitors(recipe_cls, cfg)  # (again: a recipe's own check() may not call Recipe.check)
+    check_classification(recipe_cls, cfg)
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
     model = check_model(recipe.build_model(), cfg.recipe)
@@ -343,6 +383,8 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
     train_ds, val_ds, test_ds = check_datasets(recipe.build_datasets(), cfg.recipe)
+    weights = class_weights(cfg, recipe, train_ds, info)
+    recipe.class_weights = weights.to(device) if weights is not None else None
     watch_first_step(recipe, cfg.recipe)
     train_sampler, train_loader = _loader(cfg, recipe, env, device, train_ds, train=True)
     val_loader, test_loader = (
