@@ -265,6 +265,7 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start, tested
         "epochs": prog.epoch + (prog.batch_in_epoch / max(1, trainer.p.train_sampler.batches_per_epoch())),
         "samples_seen": prog.global_step * t.batch_size * t.grad_accum_steps * trainer.p.world_size,
         "global_batch_size": t.batch_size * t.grad_accum_steps * trainer.p.world_size,
+        "parameters": getattr(trainer, "parameter_counts", None),  # total, trainable, bytes
         "best": {"metric": cfg.checkpoint.monitor, "value": tr.best_value, "step": tr.best_step},
         "final_metrics": {**tr.last_train, **tr.last_val, **(tested or {})},  # test/...: of model.safetensors
         "early_stopped": tr.early_stopped,
@@ -350,6 +351,22 @@ def class_weights(cfg, recipe, train_ds, info):
     return torch.tensor(given, dtype=torch.float32)
 
 
+def parameter_counts(model) -> dict[str, int]:
+    """{total, trainable, bytes} of the model's parameters (before any sharding)."""
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "bytes": sum(p.numel() * p.element_size() for p in params),
+    }
+
+
+def _count(n: int) -> str:
+    return (
+        f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+    )
+
+
 def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     """Construct every part of the run and restore the newest checkpoint, if any."""
     import torch
@@ -377,6 +394,11 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     model = check_model(recipe.build_model(), cfg.recipe)
     if getattr(cfg.model, "init_from", None):
         _load_init_weights(model, cfg.model.init_from)
+    counts = parameter_counts(model)
+    info(
+        f"model: {_count(counts['total'])} parameters ({_count(counts['trainable'])} trainable), "
+        f"{counts['bytes'] / 1e6:.1f} MB"
+    )
     model = precision.convert_model(model).to(device)
     model = strategy.wrap(model, tuple(recipe.shard_units))  # (FSDP's units; the others ignore them)
     if env.world_size > 1:
@@ -449,6 +471,7 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         wandb_id=wandb_id,
     )
     trainer = Trainer(parts, resume=resume.loaded if resume is not None else None)
+    trainer.parameter_counts = counts
     resumed_from = str(resume.path) if resume is not None else None
     return parts, trainer, resumed_from
 
