@@ -217,6 +217,12 @@ class DataSection(Section):
     class_weights: Union[Literal["auto"], list[float], None] = Field(
         None, description="classification: auto (inverse class frequency of the training split) or one per class"
     )
+    sampling: Literal["shuffle", "balanced"] = Field(
+        "shuffle",
+        description="training order: shuffle, or balanced (every class drawn equally often, with replacement)",
+    )
+    shuffle: bool = Field(True, description="shuffle the training order each epoch (false: in dataset order)")
+    drop_last: bool = Field(True, description="training drops each epoch's last partial batch")
     pin_memory: Optional[bool] = Field(None, description="default: on for CUDA")
     download: bool = Field(True, description="let torchvision/torchaudio download missing data")
 
@@ -229,6 +235,8 @@ class DataSection(Section):
         w = self.class_weights
         if isinstance(w, list) and (len(w) < 2 or not all(math.isfinite(v) and v > 0 for v in w)):
             raise ValueError(f"data.class_weights={w}: give one positive number per class (e.g. [1.0, 3.5]), or auto")
+        if self.sampling == "balanced" and not self.shuffle:
+            raise ValueError("data.sampling=balanced draws a random order; drop data.shuffle=false")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} leave nothing "
@@ -816,6 +824,9 @@ ADDED_KEYS = {
     "train.focal_gamma": 2.0,
     "train.l1": 0.0,
     "data.class_weights": None,
+    "data.sampling": "shuffle",
+    "data.shuffle": True,
+    "data.drop_last": True,
 }
 
 

@@ -316,6 +316,7 @@ def check_classification(cls: object, cfg) -> None:
             ("train.loss", t.loss, "cross_entropy"),
             ("train.label_smoothing", t.label_smoothing, 0.0),
             ("data.class_weights", getattr(d, "class_weights", None), None),
+            ("data.sampling", getattr(d, "sampling", "shuffle"), "shuffle"),
         )
         if v != default
     ]

@@ -54,10 +54,14 @@ class EpochBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         drop_last: bool = False,
         pad: bool = True,
+        weights: list[float] | None = None,
     ) -> None:
         if n == 0:
             raise ValueError("empty dataset")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        # balanced sampling: each epoch draws n samples with replacement, sample i with
+        # probability weights[i] (what WeightedRandomSampler does), from (seed, epoch) alone
+        self.weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
         self.rank, self.world_size = rank, world_size
         self.pad = pad
         # without padding (evaluation) ranks may get one sample less: nothing is counted twice
@@ -79,7 +83,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         return max(0, self.batches_per_epoch() - self.start_batch)
 
     def _indices(self) -> list[int]:
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:

@@ -482,9 +482,19 @@ def _loader(cfg, recipe, env, device, dataset, train: bool):
     from launcher.runtime.data import EpochBatchSampler, make_loader
 
     d = cfg.data
+    weights = None
+    if train and d.sampling == "balanced":  # each class equally often
+        from launcher.runtime.data import labels_of
+
+        labels = labels_of(dataset)
+        counts: dict[int, int] = {}
+        for y in labels:
+            counts[y] = counts.get(y, 0) + 1
+        weights = [1.0 / counts[y] for y in labels]
     sampler = EpochBatchSampler(
-        len(dataset), cfg.train.batch_size, shuffle=train, seed=cfg.run.seed,
-        rank=env.rank, world_size=env.world_size, drop_last=train, pad=train,
+        len(dataset), cfg.train.batch_size, shuffle=train and d.shuffle, seed=cfg.run.seed,
+        rank=env.rank, world_size=env.world_size, drop_last=train and d.drop_last, pad=train,
+        weights=weights,
     )  # fmt: skip
     loader = make_loader(
         dataset, sampler, num_workers=d.num_workers,
