@@ -251,6 +251,19 @@ class ModelSection(Section):
     init_from: Optional[str] = Field(
         None, description="start a new run from these weights (a run directory, checkpoint or weights file)"
     )
+    init: Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
+                  "trunc_normal"] = Field(
+        "default", description="initialise every weight matrix / kernel this way, biases to zero (training from scratch)"
+    )  # fmt: skip
+    freeze: list[str] = Field(
+        default_factory=list, description="parameter-name prefixes to freeze, e.g. [conv1, bn1, layer1]"
+    )
+
+    @model_validator(mode="after")
+    def _init_or_weights(self) -> ModelSection:
+        if self.init != "default" and self.init_from:
+            raise ValueError(f"model.init={self.init} and model.init_from set the same weights; give one of them")
+        return self
 
 
 class CheckpointSection(Section):
@@ -827,6 +840,8 @@ ADDED_KEYS = {
     "data.sampling": "shuffle",
     "data.shuffle": True,
     "data.drop_last": True,
+    "model.init": "default",
+    "model.freeze": [],
 }
 
 

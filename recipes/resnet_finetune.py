@@ -10,24 +10,23 @@ torch and torchvision are imported inside methods only, so ``launch --list`` sta
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError, LaunchError
+from launcher.torch_classes import TORCHVISION_CLASSIFIERS
 from recipes._splits import split_indices, stratified
 from recipes.base import Recipe
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
-# torchvision's weight enums (checked against torchvision by a test, so this cannot drift).
-WEIGHTS = {
-    "resnet18": ("IMAGENET1K_V1",),
-    "resnet34": ("IMAGENET1K_V1",),
-    "resnet50": ("IMAGENET1K_V1", "IMAGENET1K_V2"),
-}
+# every torchvision classification model and its weights (kept equal to torchvision by a test)
+WEIGHTS = TORCHVISION_CLASSIFIERS
+ARCHS = tuple(WEIGHTS)
+RESNETS = ("resnet", "resnext", "wide_resnet")  # families with layer1..layer4 (FSDP's units)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Fixed number of classes of the built-in sources (None: any).
 SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "fake": None, "image_folder": None}
@@ -38,12 +37,28 @@ DIGITS_MAX_SIZE = 256  # 1,797 x 3 x 256 x 256 floats = 1.4 GB
 
 
 class ResNetModel(ModelSection):
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    arch: str = Field("resnet18", description="any torchvision classification model (resnet50, vit_b_16, ...)")
     weights: str = Field(
         "none", description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) | a local file"
     )
-    freeze_backbone: bool = False
+    freeze_backbone: bool = Field(False, description="train the classification head only")
+    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classification head")
     channels_last: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in WEIGHTS:
+            import difflib
+
+            close = difflib.get_close_matches(arch, list(WEIGHTS), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            families = sorted({re.sub(r"\d+$", "", a.split("_")[0]) for a in WEIGHTS} - {"wide"} | {"wide_resnet"})
+            raise ValueError(
+                f"model.arch={arch} is no torchvision classification model; {hint}families: {', '.join(families)} "
+                "(torchvision.models.list_models() lists every name)"
+            )
+        return arch
 
 
 class ResNetData(DataSection):
@@ -139,6 +154,10 @@ class ResNetFinetune(Recipe):
                 f"drop data.num_classes or set it to {fixed}"
             )
         kind = _weights_kind(m.weights)
+        if kind != "none" and m.init != "default":
+            raise ConfigError(
+                f"model.init={m.init} would overwrite model.weights={m.weights}; drop one (init is for training from scratch)"
+            )
         if kind == "name":
             name = m.weights.split(".")[-1]
             known = WEIGHTS[m.arch]
@@ -255,19 +274,31 @@ class ResNetFinetune(Recipe):
         import torch
         import torchvision
 
-        m = self.cfg.model
-        builder = getattr(torchvision.models, m.arch)
+        from recipes._vision import check_input_size, find_head, wrap_head
+
+        m, s = self.cfg.model, self.cfg.data.image_size
+        extra = {}
+        if m.arch in ("googlenet", "inception_v3"):
+            extra = {"aux_logits": False, "init_weights": True}  # (one output: no auxiliary heads)
+        elif m.arch.startswith("vit_"):
+            extra = {"image_size": s}
+        elif m.arch == "maxvit_t":
+            extra = {"input_size": (s, s)}
+        model = torchvision.models.get_model(m.arch, weights=None, num_classes=self.num_classes(), **extra)
+        head = find_head(model)
         kind = _weights_kind(m.weights)
-        if kind == "none":
-            model = builder(weights=None, num_classes=self.num_classes())
-        else:
-            model = builder(weights=None)
+        if kind != "none":
             state = self._pretrained_state(m.arch, m.weights, kind)
-            self._load_backbone(model, state, m.arch, m.weights)
-            model.fc = torch.nn.Linear(model.fc.in_features, self.num_classes())
+            self._load_backbone(model, state, m.arch, m.weights, head)
+        if m.head_dropout:
+            wrap_head(model, head, torch.nn.Dropout(m.head_dropout))
+        # the head: train.backbone_lr_mult scales the rest, model.freeze_backbone freezes it
+        self.head = [head + "."]
+        self.shard_units = ("layer1", "layer2", "layer3", "layer4") if m.arch.startswith(RESNETS) else ()
         if m.freeze_backbone:
             for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("fc."))
+                p.requires_grad_(name.startswith(self.head[0]))
+        check_input_size(model, s, f"model.arch={m.arch}")
         if m.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -293,10 +324,16 @@ class ResNetFinetune(Recipe):
             ) from None
 
     @staticmethod
-    def _load_backbone(model, state: dict, arch: str, source: str) -> None:
+    def _load_backbone(model, state: dict, arch: str, source: str, head: str) -> None:
+        """Every weight but the head's (and the auxiliary heads' that the model leaves out)."""
         own = model.state_dict()
-        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing = [k for k in own if not k.startswith("fc.") and k not in backbone]
+        prefix = head + "."
+        backbone = {
+            k: v
+            for k, v in state.items()
+            if not k.startswith(prefix) and (k in own or not k.startswith(("AuxLogits.", "aux1.", "aux2.")))
+        }
+        missing = [k for k in own if not k.startswith(prefix) and k not in backbone]
         unexpected = [k for k in backbone if k not in own]
         wrong = [k for k in backbone if k in own and tuple(backbone[k].shape) != tuple(own[k].shape)]
         if missing or unexpected or wrong:

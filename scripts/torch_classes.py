@@ -31,12 +31,22 @@ def scheduler_classes() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
             continue
         if not (issubclass(cls, S.LRScheduler) or cls is S.ReduceLROnPlateau):
             continue
-        params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name not in ("self", "last_epoch")]
+        params = [
+            p for p in inspect.signature(cls.__init__).parameters.values() if p.name not in ("self", "last_epoch")
+        ]
         params = [p for p in params if p.name != "optimizer"]
         required = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
         optional = tuple(p.name for p in params if p.default is not inspect.Parameter.empty)
         out[name] = (required, optional)
     return out
+
+
+def torchvision_classifiers() -> dict[str, tuple[str, ...]]:
+    """{model name: its weight names} of every torchvision classification model."""
+    import torchvision
+    from torchvision.models import get_model_weights, list_models
+
+    return {n: tuple(w.name for w in get_model_weights(n)) for n in list_models(module=torchvision.models)}
 
 
 if __name__ == "__main__":
@@ -48,4 +58,8 @@ if __name__ == "__main__":
     print("SCHEDULERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {")
     for name, spec in scheduler_classes().items():
         print(f"    {name!r}: {spec!r},")
+    print("}")
+    print("TORCHVISION_CLASSIFIERS: dict[str, tuple[str, ...]] = {")
+    for name, weights in torchvision_classifiers().items():
+        print(f"    {name!r}: {weights!r},")
     print("}")

@@ -24,6 +24,7 @@ def test_the_tables_are_torchs_own_signatures():
     gen = _generator()
     assert tc.OPTIMIZERS == gen.optimizer_classes()
     assert tc.SCHEDULERS == gen.scheduler_classes()
+    assert tc.TORCHVISION_CLASSIFIERS == gen.torchvision_classifiers()
     assert set(tc.REFUSED_OPTIMIZERS) <= set(tc.OPTIMIZERS) and set(tc.REFUSED_SCHEDULERS) <= set(tc.SCHEDULERS)
     for cls, arg in tc.LENGTH_ARGS.items():
         assert arg in tc.SCHEDULERS[cls][0] + tc.SCHEDULERS[cls][1]

@@ -351,6 +351,49 @@ def class_weights(cfg, recipe, train_ds, info):
     return torch.tensor(given, dtype=torch.float32)
 
 
+def initialise(model, how: str) -> None:
+    """``model.init``: every weight matrix or kernel (ndim >= 2) drawn by ``torch.nn.init``'s
+    scheme, biases zero; norm layers (1-D weights) keep theirs."""
+    import torch
+
+    init = {
+        "xavier_uniform": torch.nn.init.xavier_uniform_,
+        "xavier_normal": torch.nn.init.xavier_normal_,
+        "kaiming_uniform": lambda w: torch.nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+        "kaiming_normal": lambda w: torch.nn.init.kaiming_normal_(w, nonlinearity="relu"),
+        "orthogonal": torch.nn.init.orthogonal_,
+        "trunc_normal": lambda w: torch.nn.init.trunc_normal_(w, std=0.02),
+    }[how]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                init(p)
+            elif name.rsplit(".", 1)[-1].startswith("bias"):
+                p.zero_()
+
+
+def freeze(model, prefixes: list[str]) -> None:
+    """``model.freeze``: parameters under these module prefixes stop training; a prefix that
+    names nothing is one line (with the model's top-level modules)."""
+    import difflib
+
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        p = prefix.rstrip(".")
+        hit = [n for n in names if n == p or n.startswith(p + ".")]
+        if not hit:
+            modules = [n for n, _ in model.named_modules() if n]
+            close = difflib.get_close_matches(p, modules, n=1)
+            top = [n for n, _ in model.named_children()]
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"model.freeze: {prefix} names no parameters of the model; {hint}its modules: {', '.join(top[:12])}"
+            )
+        for n, param in model.named_parameters():
+            if n in hit:
+                param.requires_grad_(False)
+
+
 def parameter_counts(model) -> dict[str, int]:
     """{total, trainable, bytes} of the model's parameters (before any sharding)."""
     params = list(model.parameters())
@@ -392,8 +435,12 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
     rng.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     recipe = recipe_cls(cfg)
     model = check_model(recipe.build_model(), cfg.recipe)
+    if cfg.model.init != "default":
+        initialise(model, cfg.model.init)
     if getattr(cfg.model, "init_from", None):
         _load_init_weights(model, cfg.model.init_from)
+    if cfg.model.freeze:
+        freeze(model, cfg.model.freeze)
     counts = parameter_counts(model)
     info(
         f"model: {_count(counts['total'])} parameters ({_count(counts['trainable'])} trainable), "
