@@ -61,8 +61,35 @@ class ResNetModel(ModelSection):
         return arch
 
 
+# data.augment presets (training only): (random resized crop, hflip, rotation, colour jitter)
+AUGMENT = {"none": (False, 0.0, 0.0, 0.0), "standard": (True, 0.5, 0.0, 0.0), "strong": (True, 0.5, 15.0, 0.4)}
+
+
 class ResNetData(DataSection):
     name: Literal["digits", "image_folder", "cifar10", "fake"] = "digits"
+    augment: Optional[Literal["none", "standard", "strong"]] = Field(
+        None,
+        description="training augmentation: none | standard (random resized crop, horizontal flip) | strong "
+        "(+ rotation 15, colour jitter 0.4); default standard for image files and cifar10, none for digits and fake",
+    )
+    hflip: Optional[float] = Field(
+        None, ge=0, le=1, description="probability of a horizontal flip (overrides the preset)"
+    )
+    vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
+    rotation: Optional[float] = Field(None, ge=0, le=180, description="random rotation up to this many degrees")
+    color_jitter: Optional[float] = Field(
+        None, ge=0, le=1, description="brightness/contrast/saturation jitter strength"
+    )
+    crop_scale: Optional[tuple[float, float]] = Field(
+        None, description="random resized crop's area range, e.g. [0.5, 1.0] (turns the crop on)"
+    )
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v):
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"data.crop_scale={list(v)}: give [min, max] with 0 < min <= max <= 1, e.g. [0.5, 1.0]")
+        return v
     num_classes: Optional[int] = Field(None, ge=2, description="default: from the data")
     # 16: below it ResNet's later stages see a 1x1 map (it halves the size five times) and learn
     # nothing more; 4096: one such image is 200 MB as 3 float32 channels before any activation
@@ -359,34 +386,75 @@ class ResNetFinetune(Recipe):
         x = torch.nn.functional.interpolate(x, size=(d.image_size, d.image_size), mode="bilinear", align_corners=False)
         x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
         y = torch.tensor(digits.target, dtype=torch.long)
-        return _split(torch.utils.data.TensorDataset(x, y), d)
+        train, val, test = _split(torch.utils.data.TensorDataset(x, y), d)
+        randoms = self._random_transforms(resize=False)
+        if randoms:  # on the [0, 1] image, then normalised again
+            from torchvision import transforms
+
+            tf = transforms.Compose([transforms.Normalize((-1.0,) * 3, (2.0,) * 3), *randoms,
+                                     transforms.Normalize((0.5,) * 3, (0.5,) * 3)])  # fmt: skip
+            train = Transformed(train, tf)
+        return train, val, test
 
     def _data_fake(self):
         from torchvision import datasets, transforms
 
         d = self.cfg.data
-        ds = datasets.FakeData(
-            size=d.fake_size,
-            image_size=(3, d.image_size, d.image_size),
-            num_classes=self.num_classes(),
-            transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
-            random_offset=d.split_seed,
-        )
-        return _split(ds, d)
+        tail = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+        def fake(randoms):
+            return datasets.FakeData(
+                size=d.fake_size, image_size=(3, d.image_size, d.image_size), num_classes=self.num_classes(),
+                transform=transforms.Compose([*randoms, *tail]), random_offset=d.split_seed,
+            )  # fmt: skip
+
+        train, val, test = _split(fake([]), d)
+        randoms = self._random_transforms(resize=False)
+        if randoms:  # the same images, with training's random transforms
+            import torch
+
+            train = torch.utils.data.Subset(fake(randoms), train.indices)
+        return train, val, test
+
+    def augmentation(self) -> tuple[tuple[float, float] | None, float, float, float, float]:
+        """(crop scale or None, hflip, vflip, rotation, colour jitter) of training: the preset
+        (data.augment; by default standard for image files, none for in-memory digits and fake)
+        with the individual keys over it."""
+        d = self.cfg.data
+        preset = d.augment or ("standard" if d.name in ("image_folder", "cifar10") else "none")
+        crop, hflip, rotation, jitter = AUGMENT[preset]
+        scale = d.crop_scale or ((0.08, 1.0) if crop else None)
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return scale, pick(d.hflip, hflip), d.vflip, pick(d.rotation, rotation), pick(d.color_jitter, jitter)
+
+    def _random_transforms(self, resize: bool) -> list:
+        """The random part of training's transform (torchvision v1 transforms on PIL images or
+        tensors; the runtime seeds each batch, so resume is exact)."""
+        from torchvision import transforms
+
+        s = self.cfg.data.image_size
+        scale, hflip, vflip, rotation, jitter = self.augmentation()
+        out = []
+        if scale is not None:
+            out.append(transforms.RandomResizedCrop(s, scale=scale, antialias=True))
+        elif resize:
+            out += [transforms.Resize(int(round(s * 256 / 224)), antialias=True), transforms.CenterCrop(s)]
+        if hflip:
+            out.append(transforms.RandomHorizontalFlip(hflip))
+        if vflip:
+            out.append(transforms.RandomVerticalFlip(vflip))
+        if rotation:
+            out.append(transforms.RandomRotation(rotation))
+        if jitter:
+            out.append(transforms.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        return out
 
     def _transforms(self):
         from torchvision import transforms
 
         s = self.cfg.data.image_size
         norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        train = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(s, antialias=True),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                norm,
-            ]
-        )
+        train = transforms.Compose([*self._random_transforms(resize=True), transforms.ToTensor(), norm])
         val = transforms.Compose(
             [
                 transforms.Resize(int(round(s * 256 / 224)), antialias=True),
@@ -564,6 +632,22 @@ class ImageFiles:
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         return self.transform(load_image(path)), label
+
+
+class Transformed:
+    """``(transform(x), y)`` of a dataset of tensors (digits' training augmentation); draws from
+    torch's generator, which the runtime seeds per batch."""
+
+    def __init__(self, dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+        self.targets = [int(y) for y in dataset.dataset.tensors[1][dataset.indices].tolist()]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return self.transform(x), y
 
 
 def _split(ds, d):

@@ -67,3 +67,65 @@ def test_balanced_sampling_trains_and_resumes_bit_exactly(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((cut / "summary.json").read_text())["resumed_from"].endswith("step-3")
     assert_same_weights(tmp_path / "runs" / "sequence" / "whole" / "model.safetensors", cut / "model.safetensors")
+
+
+def _resnet(*pairs: str):
+    from launcher.config import resolve
+    from launcher.recipe_loader import load_recipe
+
+    cls = load_recipe("resnet_finetune")
+    return cls(resolve(cls, [], [("recipe", "resnet_finetune"), *(p.split("=", 1) for p in pairs)]))
+
+
+def test_augmentation_presets_and_keys():
+    from torchvision import transforms as T
+
+    folder = _resnet("data.name=cifar10")
+    kinds = [type(t) for t in folder._random_transforms(resize=True)]
+    assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip]  # the default: what it always was
+    assert folder._random_transforms(resize=True)[0].scale == (0.08, 1.0)
+    strong = _resnet("data.name=cifar10", "data.augment=strong", "data.vflip=0.2",
+                     "data.crop_scale=[0.5,1]")  # fmt: skip
+    got = strong._random_transforms(resize=True)
+    assert [type(t) for t in got] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomVerticalFlip,
+                                      T.RandomRotation, T.ColorJitter]  # fmt: skip
+    assert got[0].scale == (0.5, 1.0) and got[2].p == 0.2 and got[3].degrees == [-15.0, 15.0]
+    assert _resnet("data.augment=none", "data.name=cifar10")._random_transforms(resize=False) == []
+    assert _resnet()._random_transforms(resize=False) == []  # digits: none unless asked
+    assert [type(t) for t in _resnet("data.hflip=0.5", "data.rotation=10")._random_transforms(resize=False)] == [
+        T.RandomHorizontalFlip, T.RandomRotation]  # fmt: skip
+
+
+def test_digits_augmentation_changes_training_samples_only_and_follows_the_seed():
+    import torch
+
+    plain = _resnet("data.image_size=16").build_datasets()
+    aug = _resnet("data.image_size=16", "data.augment=strong").build_datasets()
+    assert torch.equal(plain[1][0][0], aug[1][0][0])  # validation untouched
+    torch.manual_seed(3)
+    a = aug[0][0][0]
+    torch.manual_seed(3)
+    b = aug[0][0][0]
+    assert torch.equal(a, b) and not torch.equal(a, plain[0][0][0])  # random, from torch's generator
+
+
+def test_an_augmented_run_resumes_bit_exactly(tmp_path):
+    import shutil
+
+    from tests.conftest import assert_same_weights
+
+    args = ["recipe=resnet_finetune", "data.image_size=16", "data.augment=strong", "train.max_steps=6",
+            "train.batch_size=16", "checkpoint.every_steps=3", "checkpoint.keep_last=10", "log.quiet=true",
+            "--device", "cpu"]  # fmt: skip
+    for name in ("whole", "cut"):
+        r = launch_here([*args, f"run.name={name}"], tmp_path)
+        assert r.returncode == 0, r.stderr
+    cut = tmp_path / "runs" / "resnet_finetune" / "cut"
+    for p in (cut / "summary.json", cut / "model.safetensors"):
+        p.unlink()
+    shutil.rmtree(cut / "checkpoints" / "step-6")
+    r = launch_here([*args, "run.name=cut"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(
+        tmp_path / "runs" / "resnet_finetune" / "whole" / "model.safetensors", cut / "model.safetensors"
+    )
