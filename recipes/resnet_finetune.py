@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from launcher.config import DataSection, ModelSection
 from launcher.errors import ConfigError, LaunchError
 from launcher.torch_classes import TORCHVISION_CLASSIFIERS
+from recipes._datasets import SOURCES, torchvision_split
 from recipes._splits import split_indices, stratified
 from recipes.base import Recipe
 
@@ -29,8 +30,7 @@ ARCHS = tuple(WEIGHTS)
 RESNETS = ("resnet", "resnext", "wide_resnet")  # families with layer1..layer4 (FSDP's units)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Fixed number of classes of the built-in sources (None: any).
-SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "fake": None, "image_folder": None}
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SOURCE_CLASSES = {"digits": 10, "cifar10": 10, "mnist": 10, "fashion_mnist": 10, "fake": None, "image_folder": None}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_IMAGES = 1797  # scikit-learn's digits, held in memory at data.image_size (3 float32 channels)
 DIGITS_MAX_SIZE = 256  # 1,797 x 3 x 256 x 256 floats = 1.4 GB
@@ -66,7 +66,7 @@ AUGMENT = {"none": (False, 0.0, 0.0, 0.0), "standard": (True, 0.5, 0.0, 0.0), "s
 
 
 class ResNetData(DataSection):
-    name: Literal["digits", "image_folder", "cifar10", "fake"] = "digits"
+    name: Literal["digits", "image_folder", "cifar10", "mnist", "fashion_mnist", "fake"] = "digits"
     augment: Optional[Literal["none", "standard", "strong"]] = Field(
         None,
         description="training augmentation: none | standard (random resized crop, horizontal flip) | strong "
@@ -90,6 +90,7 @@ class ResNetData(DataSection):
         if v is not None and not 0 < v[0] <= v[1] <= 1:
             raise ValueError(f"data.crop_scale={list(v)}: give [min, max] with 0 < min <= max <= 1, e.g. [0.5, 1.0]")
         return v
+
     num_classes: Optional[int] = Field(None, ge=2, description="default: from the data")
     # 16: below it ResNet's later stages see a 1x1 map (it halves the size five times) and learn
     # nothing more; 4096: one such image is 200 MB as 3 float32 channels before any activation
@@ -128,7 +129,8 @@ def _scan_images(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
 
 class ResNetFinetune(Recipe):
     description = (
-        "torchvision ResNet-18/34/50 fine-tuning; data: digits (default, no download), image_folder, cifar10, fake"
+        "torchvision classifier fine-tuning (ResNet-18 by default); data: digits (default, no download), image_folder, "
+        "cifar10, mnist, fashion_mnist, fake"
     )
     Model = ResNetModel
     Data = ResNetData
@@ -162,7 +164,7 @@ class ResNetFinetune(Recipe):
             fixed = len(found)
         elif d.skip_bad:
             raise ConfigError(f"data.skip_bad applies to data.name=image_folder only (data.name={d.name}); drop it")
-        if d.test_fraction > 0 and d.name in ("image_folder", "cifar10"):
+        if d.test_fraction > 0 and d.name in ("image_folder", "cifar10", "mnist", "fashion_mnist"):
             where = (
                 f"{d.root}/test/<class>/" if d.name == "image_folder" else "none (its test set is the validation split)"
             )
@@ -269,10 +271,12 @@ class ResNetFinetune(Recipe):
             info["classes"] = _class_dirs(Path(d.root) / "train")
         elif d.name == "digits":
             info["classes"] = [str(i) for i in range(10)]
-        elif d.name == "cifar10":
-            info["classes"] = list(CIFAR10_CLASSES)
+        elif d.name in SOURCES:
+            info["classes"] = list(SOURCES[d.name][2])
         if d.name == "digits":
             info["preprocessing"] = f"8x8 grey digit / 16, bilinear to {s}x{s}, (x - 0.5) / 0.5, 3 equal channels"
+        elif d.name in ("mnist", "fashion_mnist"):
+            info["preprocessing"] = f"grey, resized to {s}x{s}, 3 equal channels, (x - 0.5) / 0.5"
         else:
             info["preprocessing"] = {"resize": int(round(s * 256 / 224)), "center_crop": s,
                                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip
@@ -282,7 +286,12 @@ class ResNetFinetune(Recipe):
         """An image file of any size, as validation sees its images: resized and centre-cropped
         (digits: made grey and scaled to data.image_size, like the 8x8 digits)."""
         if getattr(self, "_predict_tf", None) is None:
-            self._predict_tf = self._digits_transform() if self.cfg.data.name == "digits" else self._transforms()[1]
+            name = self.cfg.data.name
+            self._predict_tf = (
+                self._digits_transform() if name == "digits"
+                else self._grey_transforms()[1] if name in ("mnist", "fashion_mnist")
+                else self._transforms()[1]
+            )  # fmt: skip
         from PIL import Image
 
         with Image.open(path) as image:  # (what cannot be decoded raises: launch predict names the file)
@@ -494,21 +503,30 @@ class ResNetFinetune(Recipe):
         )
 
     def _data_cifar10(self):
-        from torchvision import datasets
-
+        """CIFAR-10's training set, and its test set as the validation split."""
         d = self.cfg.data
         train_tf, val_tf = self._transforms()
-        try:
-            train = datasets.CIFAR10(d.root, train=True, transform=train_tf, download=d.download)
-            val = datasets.CIFAR10(d.root, train=False, transform=val_tf, download=d.download)
-        except OSError as e:
-            raise ConfigError(
-                f"could not download CIFAR-10 into data.root={d.root} ({getattr(e, 'reason', e)}); "
-                f"download cifar-10-python.tar.gz elsewhere and extract it into {d.root}/"
-            ) from None
-        except RuntimeError as e:  # "Dataset not found or corrupted" with download=False
-            raise ConfigError(f"CIFAR-10 not found in data.root={d.root} ({e}); pass data.download=true") from None
-        return train, val
+        train = torchvision_split("cifar10", d.root, True, d.download, train_tf)
+        return train, torchvision_split("cifar10", d.root, False, d.download, val_tf)
+
+    def _grey_transforms(self):
+        """(train, val) for 28x28 grey digits/clothes: 3 equal channels at data.image_size, (x - 0.5) / 0.5."""
+        from torchvision import transforms
+
+        s = self.cfg.data.image_size
+        head = [transforms.Grayscale(3), transforms.Resize((s, s), antialias=True)]
+        tail = [transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)]
+        return (transforms.Compose([*head, *self._random_transforms(resize=False), *tail]),
+                transforms.Compose([*head, *tail]))  # fmt: skip
+
+    def _data_mnist(self):
+        """MNIST's training set, and its test set as the validation split (as CIFAR-10's)."""
+        d = self.cfg.data
+        train_tf, val_tf = self._grey_transforms()
+        train = torchvision_split(d.name, d.root, True, d.download, train_tf)
+        return train, torchvision_split(d.name, d.root, False, d.download, val_tf)
+
+    _data_fashion_mnist = _data_mnist
 
     # ------------------------------------------------------------------ the step
     def step(self, model, batch):

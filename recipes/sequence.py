@@ -40,7 +40,7 @@ class SequenceModel(ModelSection):
 
 
 class SequenceData(DataSection):
-    name: Literal["digits", "synthetic", "file"] = "digits"
+    name: Literal["digits", "mnist", "fashion_mnist", "synthetic", "file"] = "digits"
     path: Optional[str] = Field(None, description="data.name=file: .npz with sequences, labels[, lengths]")
     num_classes: Optional[int] = Field(None, ge=2, description="default: from the data")
     split_seed: int = Field(0, description="seed of the train/val/test split")
@@ -97,7 +97,8 @@ def read_npz(path: str) -> dict:
 
 class Sequence(Recipe):
     description = (
-        "RNN/LSTM/GRU sequence classification; data: digits row by row (default, no download), synthetic, file (.npz)"
+        "RNN/LSTM/GRU sequence classification; data: digits row by row (default, no download), mnist, fashion_mnist, "
+        "synthetic, file (.npz)"
     )
     Model = SequenceModel
     Data = SequenceData
@@ -137,8 +138,12 @@ class Sequence(Recipe):
                 )
         elif d.path is not None:
             raise ConfigError(f"data.path is read only with data.name=file (data.name={d.name}); drop data.path")
-        if d.name == "digits" and d.num_classes not in (None, 10):
-            raise ConfigError(f"data.num_classes={d.num_classes} but digits has 10 classes; drop data.num_classes")
+        if d.name in ("mnist", "fashion_mnist") and d.test_fraction > 0:
+            raise ConfigError(
+                f"data.test_fraction does not apply to data.name={d.name}: its test set is the validation split; drop it"
+            )
+        if d.name in ("digits", "mnist", "fashion_mnist") and d.num_classes not in (None, 10):
+            raise ConfigError(f"data.num_classes={d.num_classes} but {d.name} has 10 classes; drop data.num_classes")
         if d.name == "synthetic":
             if d.min_len > d.max_len:
                 raise ConfigError(f"data.min_len={d.min_len} > data.max_len={d.max_len}; make min_len <= max_len")
@@ -167,8 +172,21 @@ class Sequence(Recipe):
             x[np.arange(d.max_len)[None, :] >= lengths[:, None]] = 0.0
             y = x[:, :, :classes].sum(1).argmax(1)
             return x, lengths.astype(np.int64), y.astype(np.int64)
+        if d.name in ("mnist", "fashion_mnist"):
+            return self._torchvision_arrays(train=True)
         a = read_npz(d.path)
         return a["sequences"], a["lengths"], a["labels"]
+
+    def _torchvision_arrays(self, train: bool):
+        """MNIST / Fashion-MNIST read row by row: 28 steps of 28 features in [0, 1]."""
+        import numpy as np
+
+        from recipes._datasets import torchvision_split
+
+        d = self.cfg.data
+        ds = torchvision_split(d.name, d.root, train, d.download)
+        x = ds.data.numpy().astype(np.float32) / 255.0
+        return x, np.full(len(x), x.shape[1], dtype=np.int64), ds.targets.numpy().astype(np.int64)
 
     def _data(self):
         if getattr(self, "_cached", None) is None:
@@ -180,6 +198,8 @@ class Sequence(Recipe):
         d = self.cfg.data
         if d.name == "digits":
             return 8, 10
+        if d.name in ("mnist", "fashion_mnist"):
+            return 28, 10
         if d.name == "synthetic":
             return d.features, d.num_classes or 3
         x, _, y = self._data()
@@ -202,6 +222,8 @@ class Sequence(Recipe):
         x, lengths, y = self._data()
         self._cached = None
         ds = Sequences(torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(y))
+        if d.name in ("mnist", "fashion_mnist"):  # their own test set is the validation split
+            return ds, Sequences(*(torch.from_numpy(a) for a in self._torchvision_arrays(train=False))), None
         n = len(ds)
         parts = split_indices(n, d.val_fraction, d.test_fraction, d.split_seed)
         if not parts[0]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import TINY, launch_here
 
 
@@ -129,3 +131,54 @@ def test_an_augmented_run_resumes_bit_exactly(tmp_path):
     assert_same_weights(
         tmp_path / "runs" / "resnet_finetune" / "whole" / "model.safetensors", cut / "model.safetensors"
     )
+
+
+def _write_idx(raw, train: int, test: int, seed: int = 0) -> None:
+    """MNIST's own format (idx files, big-endian headers) with a few generated images: a bright
+    square at a place given by the class, on noise."""
+    import struct
+
+    import numpy as np
+
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        for i, y in enumerate(labels):
+            r, c = divmod(int(y), 5)
+            images[i, 4 + r * 12 : 12 + r * 12, 2 + c * 5 : 7 + c * 5] = 255
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+@pytest.mark.parametrize("recipe", ["resnet_finetune", "sequence"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_mnist_and_fashion_mnist_from_their_own_files(tmp_path, recipe, name):
+    _write_idx(tmp_path / "data" / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw", 60, 20)
+    extra = ["data.image_size=16"] if recipe == "resnet_finetune" else []
+    r = launch_here([f"recipe={recipe}", f"data.name={name}", f"data.root={tmp_path / 'data'}", "data.download=false",
+                     "train.epochs=4", "train.batch_size=10", "train.lr=0.01", "run.name=m", "log.quiet=true", *extra,
+                     "--device", "cpu"], tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "runs" / recipe / "m" / "summary.json").read_text())
+    assert summary["samples_seen"] == 4 * 60  # the training files' 60 images; validation: the 20 test images
+    assert summary["final_metrics"]["val/acc"] > 0.3, summary["final_metrics"]  # chance: 0.1
+
+
+@pytest.mark.parametrize("recipe", ["resnet_finetune", "sequence"])
+def test_mnist_offline_or_missing_is_one_line(tmp_path, recipe):
+    offline = {
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    for args, needle in (
+        (["data.download=false"], "MNIST not found in data.root="),
+        ([], "MNIST"),
+    ):
+        r = launch_here([f"recipe={recipe}", "data.name=mnist", f"data.root={tmp_path / 'd'}", *args, "run.name=x",
+                         "log.quiet=true", "--device", "cpu"], tmp_path, **offline)  # fmt: skip
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+        assert not (tmp_path / "runs" / recipe / "x").exists()
