@@ -64,17 +64,6 @@ def file_ids(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.wav"))
 
 
-def edit_distance(a: list[int], b: list[int]) -> int:
-    """Levenshtein distance between two word sequences."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def greedy_decode(best: list[int]) -> list[int]:
     """Per-frame best classes -> words (0 no, 1 yes): merge repeats, drop blanks."""
     words, last = [], BLANK
@@ -329,6 +318,7 @@ class YesNo(Recipe):
 
     def step(self, model, batch):
         import torch
+        from torchaudio.functional import edit_distance
 
         x, lengths, words, word_lengths = batch
         log_probs, out_lengths = model(x, lengths)  # (T', B, 3)
@@ -342,7 +332,7 @@ class YesNo(Recipe):
             errors = correct = 0
             for b, n in enumerate(out_lengths.tolist()):
                 ref = words[b, : int(word_lengths[b])].tolist()
-                dist = edit_distance(greedy_decode(best[b][:n]), ref)
+                dist = edit_distance(greedy_decode(best[b][:n]), ref)  # (torchaudio's Levenshtein distance)
                 errors += dist
                 correct += dist == 0
             sums.update(word_errors=errors, words=word_lengths.sum(), files_correct=correct)
