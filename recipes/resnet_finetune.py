@@ -200,25 +200,30 @@ class ResNetFinetune(Recipe):
             )
 
     @staticmethod
-    def image_folder_splits(root: Path) -> tuple[str, ...]:
-        """The split folders of an image folder that are there: train plus val and/or test."""
-        return tuple(split for split in ("train", "val", "test") if (root / split).is_dir())
+    def image_folder_dirs(root: Path) -> dict[str, Path]:
+        """The split folders of an image folder that are there (train, val, test), or the folder
+        itself as train when it holds class folders directly (validation then comes from
+        data.val_fraction of each class)."""
+        found = {split: root / split for split in ("train", "val", "test") if (root / split).is_dir()}
+        if not found and root.is_dir() and _class_dirs(root):
+            return {"train": root}
+        return found
 
     @classmethod
     def _check_image_folder(cls, root: Path, skip_bad: bool = False) -> list[str]:
-        layout = "train/ and val/ (or test/) class subfolders"
+        layout = "class subfolders (or train/ and val/ or test/ of them)"
         if not root.is_dir():
             raise ConfigError(f"data.root={root} does not exist; data.name=image_folder needs a folder with {layout}")
-        present = cls.image_folder_splits(root)
-        if "train" not in present or len(present) < 2:
-            sub = root / ("train" if "train" not in present else "val")
+        dirs = cls.image_folder_dirs(root)
+        present = tuple(dirs)
+        if "train" not in present:
             raise ConfigError(
-                f"{sub} is missing; data.name=image_folder needs {root}/train/<class>/ and {root}/val/<class>/ "
-                f"(or {root}/test/<class>/: validation is then data.val_fraction of train)"
+                f"{root / 'train'} is missing; data.name=image_folder needs {root}/train/<class>/ (with {root}/val/ "
+                f"and/or {root}/test/), or {root}/<class>/ (validation is then data.val_fraction of each class)"
             )
         splits = {}
         for split in present:
-            sub = root / split
+            sub = dirs[split]
             classes = _class_dirs(sub)
             if not classes:
                 raise ConfigError(f"{sub} has no class folders; put images in {sub}/<class name>/")
@@ -233,7 +238,7 @@ class ResNetFinetune(Recipe):
                 )
         classes = splits["train"]
         for split in present:
-            sub = root / split
+            sub = dirs[split]
             samples = _scan_images(sub, classes)
             if not samples:
                 raise ConfigError(f"{sub} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -260,7 +265,7 @@ class ResNetFinetune(Recipe):
         if d.num_classes is not None:
             return d.num_classes
         if d.name == "image_folder":
-            return len(_class_dirs(Path(d.root) / "train"))  # (each holds images: check())
+            return len(_class_dirs(self.image_folder_dirs(Path(d.root))["train"]))  # (each holds images: check())
         return SOURCE_CLASSES[d.name] or 10
 
     def export_info(self):
@@ -268,7 +273,7 @@ class ResNetFinetune(Recipe):
         s = d.image_size
         info = {"classes": None, "input": f"(batch, 3, {s}, {s}) float"}
         if d.name == "image_folder":
-            info["classes"] = _class_dirs(Path(d.root) / "train")
+            info["classes"] = _class_dirs(self.image_folder_dirs(Path(d.root))["train"])
         elif d.name == "digits":
             info["classes"] = [str(i) for i in range(10)]
         elif d.name in SOURCES:
@@ -475,22 +480,21 @@ class ResNetFinetune(Recipe):
         return train, val
 
     def _data_image_folder(self):
-        """train/ + val/ (+ test/), or train/ + test/ with validation drawn from train
-        (``data.val_fraction`` of each class, under ``data.split_seed``)."""
+        """train/ + val/ (+ test/), or train/ (+ test/), or one folder of class folders, with
+        validation drawn from train (``data.val_fraction`` of each class, under ``data.split_seed``)."""
         d = self.cfg.data
-        root = Path(d.root)
-        classes = _class_dirs(root / "train")
+        dirs = self.image_folder_dirs(Path(d.root))
+        classes = _class_dirs(dirs["train"])
         train_tf, val_tf = self._transforms()
-        present = self.image_folder_splits(root)
         samples = {}
-        for split in present:
-            found = _scan_images(root / split, classes)
+        for split, folder in dirs.items():
+            found = _scan_images(folder, classes)
             if d.skip_bad:
                 # Up front, so the dataset has the same length in every attempt (exact resume)
                 # and on every rank: the same files fail each time.
-                found = _decodable(found, root / split)
+                found = _decodable(found, folder)
             if not found:
-                raise ConfigError(f"{root / split} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ConfigError(f"{folder} has class folders but no images ({', '.join(IMAGE_EXTENSIONS)})")
             samples[split] = found
         if "val" not in samples:
             kept, held = stratified([label for _, label in samples["train"]], d.val_fraction, d.split_seed)

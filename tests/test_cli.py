@@ -304,9 +304,9 @@ def _folder_differs(data: Path) -> list[str]:
     return [R, "data.name=image_folder", f"data.root={image_folder(data / 'imgs', ['cat', 'dog'], ['cat', 'fox'])}"]
 
 
-def _folder_no_val(data: Path) -> list[str]:
-    root = image_folder(data / "imgs", ["cat"], [])
-    (root / "val").rmdir()
+def _folder_no_train(data: Path) -> list[str]:
+    root = image_folder(data / "imgs", [], ["cat"])
+    (root / "train").rmdir()
     return [R, "data.name=image_folder", f"data.root={root}"]
 
 
@@ -374,7 +374,7 @@ BAD_INPUTS = {
     "conflict": (_const(R, "dist.procs=3", "--procs", "2"), "conflicts with --procs 2"),
     "image_folder root missing": (_folder_missing, "does not exist"),
     "image_folder no classes": (_folder_no_classes, "has no class folders"),
-    "image_folder no val": (_folder_no_val, "val is missing"),
+    "image_folder no train": (_folder_no_train, "train is missing"),
     "image_folder classes differ": (_folder_differs, "train and val classes differ"),
     "num_classes vs digits": (_const(R, "data.num_classes=5"), "data.num_classes=5 but data.name=digits has 10"),
     "unknown weights": (_const(R, "model.weights=FOO"), "unknown weights 'FOO' for resnet18"),

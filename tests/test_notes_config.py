@@ -182,3 +182,23 @@ def test_mnist_offline_or_missing_is_one_line(tmp_path, recipe):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
         assert not (tmp_path / "runs" / recipe / "x").exists()
+
+
+@pytest.mark.parametrize("layout", ["flat", "train-only"])
+def test_one_folder_of_class_folders_is_split_by_val_fraction(tmp_path, layout):
+    from PIL import Image
+
+    root = tmp_path / "pets"
+    base = root if layout == "flat" else root / "train"
+    for c, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (base / c).mkdir(parents=True)
+        for i in range(10 if c == "cat" else 5):
+            Image.new("RGB", (20, 20), colour).save(base / c / f"{i}.png")
+    recipe = _resnet("data.name=image_folder", f"data.root={root}", "data.val_fraction=0.4")
+    train, val, test = recipe.build_datasets()
+    assert test is None and len(train) + len(val) == 15
+    # stratified: 40 % of each class (4 cats, 2 dogs) held out, deterministically
+    assert sorted(val.targets) == [0, 0, 0, 0, 1, 1]
+    again = _resnet("data.name=image_folder", f"data.root={root}", "data.val_fraction=0.4").build_datasets()[1]
+    assert again.samples == val.samples
+    assert recipe.export_info()["classes"] == ["cat", "dog"] and recipe.num_classes() == 2

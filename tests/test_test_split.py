@@ -127,9 +127,17 @@ def test_an_image_folder_with_train_and_test_draws_validation_from_train(tmp_pat
     assert (len(train), len(val), len(test)) == (12, 3, 5)  # 2 cats and 1 dog held out of train/
     assert sorted(label for _, label in val.samples) == [0, 0, 1]
     assert not {p for p, _ in val.samples} & {p for p, _ in train.samples}
-    # without val/ and without test/: one line naming both layouts
+    # without val/ and without test/: train/ alone, validation from data.val_fraction too
     (tmp_path / "test").rename(tmp_path / "later")
-    with pytest.raises(ConfigError, match=r"val is missing.*test/<class>/"):
+    ResNetFinetune.check(cfg)
+    train, val, test = ResNetFinetune(cfg).build_datasets()
+    assert (len(train), len(val), test) == (12, 3, None)
+    # no train/ (and no class folders at the top): one line naming the layouts
+    import shutil
+
+    for folder in ("train", "later"):
+        shutil.rmtree(tmp_path / folder)
+    with pytest.raises(ConfigError, match=r"train is missing.*val_fraction of each class"):
         ResNetFinetune.check(cfg)
 
 
