@@ -11,11 +11,11 @@ import torch
 
 def optimizer_classes() -> dict[str, tuple[str, ...]]:
     """{class name: its argument names after ``params``} of every torch.optim optimizer."""
-    O = torch.optim
+    optim = torch.optim
     out = {}
-    for name in sorted(dir(O)):
-        cls = getattr(O, name)
-        if inspect.isclass(cls) and issubclass(cls, O.Optimizer) and cls is not O.Optimizer:
+    for name in sorted(dir(optim)):
+        cls = getattr(optim, name)
+        if inspect.isclass(cls) and issubclass(cls, optim.Optimizer) and cls is not optim.Optimizer:
             out[name] = tuple(inspect.signature(cls.__init__).parameters)[2:]  # (self, params)
     return out
 

@@ -26,12 +26,12 @@ SPEEDS = (120, 145, 170, 195)
 PITCHES = (30, 45, 60, 75)
 
 
-def _espeak(text: str, speed: int, pitch: int) -> np.ndarray:
+def _espeak(text: str, speed: int, pitch: int, voice: str = "he") -> np.ndarray:
     import soundfile as sf
     from scipy.signal import resample_poly
 
     wav = subprocess.run(
-        ["espeak-ng", "-v", "he", "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
         check=True,
         capture_output=True,
     ).stdout
@@ -50,20 +50,49 @@ def _tone(word: int, speed: int, pitch: int) -> np.ndarray:
     return (envelope * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def word_sounds(tones: bool = False) -> dict[int, list[np.ndarray]]:
+def word_sounds(tones: bool = False, voice: str = "he", speed: float = 1.0) -> dict[int, list[np.ndarray]]:
     """Every spoken variant of each word: {0: [...], 1: [...]}."""
-    make = _tone if tones or shutil.which("espeak-ng") is None else (lambda w, s, p: _espeak(WORDS[w], s, p))
-    return {w: [make(w, s, p) for s in SPEEDS for p in PITCHES] for w in WORDS}
+    if tones or shutil.which("espeak-ng") is None:
+        make = _tone
+    else:
+        make = lambda w, s, p: _espeak(WORDS[w], s, p, voice)  # noqa: E731
+    return {w: [make(w, int(s * speed), p) for s in SPEEDS for p in PITCHES] for w in WORDS}
 
 
-def make_standin(root: Path, files: int = 60, seed: int = 0, words: int = 8, tones: bool = False) -> Path:
-    """Write ``files`` recordings with distinct label sequences under ``root/waves_yesno``."""
+def _reverb(audio: np.ndarray, seconds: float, rng) -> np.ndarray:
+    """A room: the dry sound plus exponentially decaying noise as impulse response (RT60 ~ seconds)."""
+    from scipy.signal import fftconvolve
+
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    ir = rng.normal(0, 1, n) * np.exp(-6.9 * t / seconds)
+    ir[0] = 1.0 / 0.3  # (the direct sound)
+    wet = fftconvolve(audio, ir * 0.3)[: len(audio)]
+    return (wet / (np.abs(wet).max() + 1e-9) * np.abs(audio).max()).astype(np.float32)
+
+
+def make_standin(
+    root: Path,
+    files: int = 60,
+    seed: int = 0,
+    words: int = 8,
+    tones: bool = False,
+    voice: str = "he",
+    speed: float = 1.0,
+    noise: float = 1.0,
+    reverb: float = 0.0,
+    gain: float = 1.0,
+) -> Path:
+    """Write ``files`` recordings with distinct label sequences under ``root/waves_yesno``.
+    Conditions (one per set, as the real corpus is one speaker in one room): ``voice`` (an
+    espeak-ng voice, e.g. ``he+m3``, ``he+f2``, ``he+klatt``), ``speed`` (x the speaking rate),
+    ``noise`` (x the background noise), ``reverb`` (RT60 in seconds, 0: dry), ``gain``."""
     import soundfile as sf
 
     if files > 2**words:
         raise ValueError(f"at most {2**words} distinct files of {words} words")
     rng = np.random.default_rng(seed)
-    sounds = word_sounds(tones)
+    sounds = word_sounds(tones, voice, speed)
     folder = Path(root) / "waves_yesno"
     folder.mkdir(parents=True, exist_ok=True)
     for code in rng.choice(2**words, size=files, replace=False):
@@ -74,7 +103,10 @@ def make_standin(root: Path, files: int = 60, seed: int = 0, words: int = 8, ton
             parts.append(variant * rng.uniform(0.3, 0.9))
             parts.append(np.zeros(int(rng.uniform(0.15, 0.5) * RATE), np.float32))
         audio = np.concatenate(parts)
-        audio += rng.normal(0.0, rng.uniform(0.002, 0.015), audio.shape).astype(np.float32)
+        if reverb:
+            audio = _reverb(audio, reverb, rng)
+        audio += rng.normal(0.0, noise * rng.uniform(0.002, 0.015), audio.shape).astype(np.float32)
+        audio *= gain
         name = "_".join(str(w) for w in labels) + ".wav"
         sf.write(folder / name, np.clip(audio, -1, 1), RATE, subtype="PCM_16")
     return folder
@@ -86,8 +118,14 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tones", action="store_true", help="tones instead of espeak-ng speech")
+    ap.add_argument("--voice", default="he", help="espeak-ng voice, e.g. he+m3, he+f2, he+klatt")
+    ap.add_argument("--speed", type=float, default=1.0, help="x the speaking rate")
+    ap.add_argument("--noise", type=float, default=1.0, help="x the background noise")
+    ap.add_argument("--reverb", type=float, default=0.0, help="reverberation time in seconds (0: none)")
+    ap.add_argument("--gain", type=float, default=1.0)
     args = ap.parse_args()
-    folder = make_standin(args.root, args.files, args.seed, tones=args.tones)
+    folder = make_standin(args.root, args.files, args.seed, tones=args.tones, voice=args.voice, speed=args.speed,
+                          noise=args.noise, reverb=args.reverb, gain=args.gain)  # fmt: skip
     print(f"wrote {args.files} files to {folder}")
 
 
