@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from launcher.errors import ConfigError
 
-# data.name -> (torchvision class, what to fetch by hand, class names)
+# data.name -> (torchvision class, what to fetch by hand, class names); NAMES: how people write them
 SOURCES = {
     "cifar10": ("CIFAR10", "cifar-10-python.tar.gz, extracted into {root}/",
                 ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
@@ -14,6 +14,7 @@ SOURCES = {
                       ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                        "Ankle boot")),
 }  # fmt: skip
+NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
 
 def torchvision_split(name: str, root: str, train: bool, download: bool, transform=None):
@@ -25,9 +26,11 @@ def torchvision_split(name: str, root: str, train: bool, download: bool, transfo
         return getattr(datasets, cls)(root, train=train, transform=transform, download=download)
     except OSError as e:  # URLError is an OSError: no network, DNS, proxy
         raise ConfigError(
-            f"could not download {cls} into data.root={root} ({getattr(e, 'reason', e)}); fetch "
+            f"could not download {NAMES[name]} into data.root={root} ({getattr(e, 'reason', e)}); fetch "
             f"{by_hand.format(root=root)} on a machine with network"
         ) from None
     except RuntimeError as e:  # "Dataset not found", or a failed download torchvision reports so
         fix = "pass data.download=true" if not download else f"fetch {by_hand.format(root=root)}"
-        raise ConfigError(f"{cls} not found in data.root={root} ({str(e).strip().splitlines()[0]}); {fix}") from None
+        raise ConfigError(
+            f"{NAMES[name]} not found in data.root={root} ({str(e).strip().splitlines()[0]}); {fix}"
+        ) from None

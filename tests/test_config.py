@@ -261,7 +261,7 @@ def test_wrong_type():
         ("train.momentum=1.0", "train.momentum"),
         ("train.precision=fp8", "train.precision"),
         ("dist.device=tpu", "dist.device"),
-        ("model.arch=resnet101", "model.arch"),
+        ("model.arch=resnet19", "model.arch"),
         ("run.name=a/b", "run.name"),
         ("train.milestones=[20,10]", "increasing"),
     ],

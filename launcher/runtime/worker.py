@@ -319,7 +319,7 @@ def _load_init_weights(model, path: str) -> None:
         raise LaunchError(f"model.init_from={path} does not fit this model ({first_line(e)})") from None
 
 
-def class_weights(cfg, recipe, train_ds, info):
+def class_weights(cfg, recipe, train_ds):
     """``data.class_weights`` as a tensor (None when unset): ``auto`` is the inverse class
     frequency of the training split, n / (classes * count), the same on every rank; a list must
     have one weight per class."""
@@ -341,9 +341,7 @@ def class_weights(cfg, recipe, train_ds, info):
                 f"data.class_weights=auto: the training split has no sample of class {', '.join(empty)}; "
                 "give the weights as a list, or drop the key"
             )
-        weights = (counts.sum() / (classes * counts)).float()
-        info("class weights (inverse class frequency): " + ", ".join(f"{w:.3g}" for w in weights.tolist()))
-        return weights
+        return (counts.sum() / (classes * counts)).float()
     if classes is not None and len(given) != classes:
         raise ConfigError(
             f"data.class_weights has {len(given)} weights but recipe {cfg.recipe} has {classes} classes; give {classes}"
@@ -441,19 +439,17 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         _load_init_weights(model, cfg.model.init_from)
     if cfg.model.freeze:
         freeze(model, cfg.model.freeze)
-    counts = parameter_counts(model)
-    info(
-        f"model: {_count(counts['total'])} parameters ({_count(counts['trainable'])} trainable), "
-        f"{counts['bytes'] / 1e6:.1f} MB"
-    )
+    counts = parameter_counts(model)  # (said once the run is sure to start: bad input stays one line)
     model = precision.convert_model(model).to(device)
     model = strategy.wrap(model, tuple(recipe.shard_units))  # (FSDP's units; the others ignore them)
     if env.world_size > 1:
         rng.seed_everything(cfg.run.seed + env.rank)  # then a stream of its own per rank (dropout)
 
     train_ds, val_ds, test_ds = check_datasets(recipe.build_datasets(), cfg.recipe)
-    weights = class_weights(cfg, recipe, train_ds, info)
+    weights = class_weights(cfg, recipe, train_ds)
     recipe.class_weights = weights.to(device) if weights is not None else None
+    auto = weights is not None and cfg.data.class_weights == "auto"
+    weights_said = ", ".join(f"{w:.3g}" for w in weights.tolist()) if auto else ""
     watch_first_step(recipe, cfg.recipe)
     train_sampler, train_loader = _loader(cfg, recipe, env, device, train_ds, train=True)
     val_loader, test_loader = (
@@ -487,6 +483,11 @@ def build(cfg, recipe_cls, rd: RunDir, env, strategy, stop, info):
         info(f"resumed from {resume.path} (step {resume.step}, epoch {resume.progress.get('epoch', 0)})")
     else:
         info(f"training {cfg.recipe} on {device.type} ({precision.name}, {strategy.name}); run directory {rd.path}")
+    info(
+        f"model: {_count(counts['total'])} parameters ({_count(counts['trainable'])} trainable), "
+        f"{counts['bytes'] / 1e6:.1f} MB"
+        + (f"; class weights (inverse class frequency): {weights_said}" if weights_said else "")
+    )
     resume_step = resume.step if resume is not None else None
     loggers = wandb_id = None
     if env.is_main:
