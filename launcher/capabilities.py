@@ -89,11 +89,10 @@ def check(cfg, strategy: str, device: str, gpus: int | None) -> None:
         raise ConfigError(
             f"log.tensorboard.histograms=true is not supported with {strategy} (each rank holds only shards); drop it"
         )
-    if cfg.train.l1 and (strategy == "fsdp" or (strategy == "deepspeed" and cfg.deepspeed.stage == 3)):
+    if cfg.train.l1 and strategy in ("fsdp", "deepspeed"):
         raise ConfigError(
-            f"train.l1 needs whole parameters on every process, and {strategy}"
-            f"{' stage 3' if strategy == 'deepspeed' else ''} shards them; use ddp (or deepspeed.stage<=2), "
-            "or train.weight_decay instead"
+            f"train.l1 needs the model's own parameters in the optimizer, and {strategy} optimizes shards or "
+            "flattened copies of them; use ddp, or train.weight_decay instead"
         )
     if strategy != "fsdp" and cfg.fsdp != type(cfg.fsdp)():
         raise ConfigError("fsdp.* settings act only with --strategy fsdp; drop them or add --strategy fsdp")

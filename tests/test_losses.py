@@ -115,7 +115,10 @@ def test_l1_shrinks_the_weights_but_not_the_biases(tmp_path):
         (["recipe=resnet_finetune", "data.class_weights=[1,2]"], "has 2 weights but recipe resnet_finetune has 10"),
         (["recipe=resnet_finetune", "data.class_weights=[1,0]"], "give one positive number per class"),
         (["recipe=resnet_finetune", "train.loss=hinge"], "train.loss"),
-        (["recipe=sequence", "train.l1=0.1", "--procs", "2", "--strategy", "fsdp"], "train.l1 needs whole parameters"),
+        (
+            ["recipe=sequence", "train.l1=0.1", "--procs", "2", "--strategy", "fsdp"],
+            "train.l1 needs the model's own parameters",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, needle):
