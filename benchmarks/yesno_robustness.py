@@ -29,6 +29,10 @@ CONDITIONS = {  # one speaker and room per set, as the real corpus
     "female-slow-reverb": {"voice": "he+f2", "speed": 0.8, "reverb": 0.3},
     "klatt-noisy": {"voice": "he+klatt", "noise": 4.0},
     "quiet-m1": {"voice": "he+m1", "gain": 0.2, "noise": 2.0},
+    # words run together in a reverberant, noisy room: the hardest set here
+    "hard": {"voice": "he+m2", "speed": 1.4, "pause": 0.15, "reverb": 0.5, "noise": 6.0},
+    # ... and every word spoken at its own tempo and pitch (+-25 %)
+    "hard-jitter": {"voice": "he+m2", "speed": 1.3, "pause": 0.2, "reverb": 0.4, "noise": 6.0, "jitter": 0.25},
 }
 
 

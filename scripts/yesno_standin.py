@@ -82,11 +82,15 @@ def make_standin(
     noise: float = 1.0,
     reverb: float = 0.0,
     gain: float = 1.0,
+    pause: float = 1.0,
+    jitter: float = 0.0,
 ) -> Path:
     """Write ``files`` recordings with distinct label sequences under ``root/waves_yesno``.
     Conditions (one per set, as the real corpus is one speaker in one room): ``voice`` (an
     espeak-ng voice, e.g. ``he+m3``, ``he+f2``, ``he+klatt``), ``speed`` (x the speaking rate),
-    ``noise`` (x the background noise), ``reverb`` (RT60 in seconds, 0: dry), ``gain``."""
+    ``noise`` (x the background noise), ``reverb`` (RT60 in seconds, 0: dry), ``gain``, ``pause``
+    (x the pauses between words: small values run the words together), ``jitter`` (each spoken
+    word resampled by a random factor in 1 +- jitter: tempo and pitch vary word by word)."""
     import soundfile as sf
 
     if files > 2**words:
@@ -100,8 +104,12 @@ def make_standin(
         parts = [np.zeros(int(rng.uniform(0.3, 1.0) * RATE), np.float32)]
         for w in labels:
             variant = sounds[w][rng.integers(len(sounds[w]))]
+            if jitter:
+                from scipy.signal import resample
+
+                variant = resample(variant, int(len(variant) * rng.uniform(1 - jitter, 1 + jitter))).astype(np.float32)
             parts.append(variant * rng.uniform(0.3, 0.9))
-            parts.append(np.zeros(int(rng.uniform(0.15, 0.5) * RATE), np.float32))
+            parts.append(np.zeros(int(pause * rng.uniform(0.15, 0.5) * RATE), np.float32))
         audio = np.concatenate(parts)
         if reverb:
             audio = _reverb(audio, reverb, rng)
@@ -123,9 +131,11 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0, help="x the background noise")
     ap.add_argument("--reverb", type=float, default=0.0, help="reverberation time in seconds (0: none)")
     ap.add_argument("--gain", type=float, default=1.0)
+    ap.add_argument("--pause", type=float, default=1.0, help="x the pauses between words")
+    ap.add_argument("--jitter", type=float, default=0.0, help="per-word tempo/pitch change, e.g. 0.2")
     args = ap.parse_args()
     folder = make_standin(args.root, args.files, args.seed, tones=args.tones, voice=args.voice, speed=args.speed,
-                          noise=args.noise, reverb=args.reverb, gain=args.gain)  # fmt: skip
+                          noise=args.noise, reverb=args.reverb, gain=args.gain, pause=args.pause, jitter=args.jitter)  # fmt: skip
     print(f"wrote {args.files} files to {folder}")
 
 
