@@ -343,3 +343,21 @@ def test_config_classes_without_plugins_skips_pydantic_plugins_only_inside(tmp_p
     )
     out = subprocess.run([sys.executable, "-c", script2], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_agent_gives_rank_0s_bad_input_whatever_the_others_ended_with():
+    """Rank 0 refuses (one line, exit 2) while rank 1 is in a collective with it: rank 1 then
+    fails with a lost connection (exit 1) or is closed by torchrun (a signal). Either way the run
+    is bad input, not a failure (a race that made a resumed DeepSpeed run flaky)."""
+    from types import SimpleNamespace
+
+    from launcher.runtime.agent import _exit_code
+
+    def error(**codes):
+        return SimpleNamespace(failures={int(r[1:]): SimpleNamespace(exitcode=c) for r, c in codes.items()})
+
+    quiet = SimpleNamespace(received=[])
+    assert _exit_code(error(r0=2, r1=1), quiet) == 2
+    assert _exit_code(error(r0=2, r1=-15), quiet) == 2
+    assert _exit_code(error(r1=2, r0=-15), quiet) == 2  # (another rank said it; rank 0 was closed)
+    assert _exit_code(error(r0=1, r1=2), quiet) is None  # rank 0 failed: a failure, torchrun's report shows

@@ -146,6 +146,11 @@ def _exit_code(error: BaseException, relay: Relay) -> int | None:
         return EXIT_STOPPED if relay.received[0] == signal.SIGINT else EXIT_PREEMPTED
     if codes <= set(QUIET_CODES):
         return next(code for code in QUIET_CODES if code in codes)
+    first = failures.get(0)
+    if first is not None and first.exitcode == EXIT_BAD_INPUT:
+        # rank 0 found bad input and said so; a rank that was in a collective with it when it left
+        # fails with a lost connection (or however the race ends): the outcome is rank 0's
+        return EXIT_BAD_INPUT
     if EXIT_BAD_INPUT in codes and _signal_exits(codes - {EXIT_BAD_INPUT}):
         # one rank found bad input (and said so); torchrun then closed the others with SIGTERM
         return EXIT_BAD_INPUT
