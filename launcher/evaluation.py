@@ -130,6 +130,17 @@ def run_config(run_dir: Path, overrides: list[tuple[str, str]]):
     return recipe_cls, cfgmod.resolve(recipe_cls, [tree], overrides)
 
 
+def base_request(run_dir: Path, cfg, weights: Weights, plan=None) -> dict:
+    """What every process that runs a run's weights is handed (eval, predict, export)."""
+    from launcher import config as cfgmod
+
+    request = {"run_dir": str(run_dir), "config": cfgmod.to_plain(cfg), "weights": str(weights.path),
+               "weights_name": weights.name, "step": weights.step}  # fmt: skip
+    if plan is not None:
+        request["plan"] = plan.to_dict()
+    return request
+
+
 def run_request(folder: Path, request: dict, command_for) -> int:
     """Hand ``request`` to the processes of ``command_for(request file)`` through spawn; the
     request file is removed afterwards, and ``folder`` too when this made it and nothing came."""
@@ -172,12 +183,7 @@ def run_eval(
     out = result_path(run_dir, weights, split, pairs)
     plan = make_plan(cfg, visible_gpus())
     request = {
-        "run_dir": str(run_dir),
-        "config": cfgmod.to_plain(cfg),
-        "plan": plan.to_dict(),
-        "weights": str(weights.path),
-        "weights_name": weights.name,
-        "step": weights.step,
+        **base_request(run_dir, cfg, weights, plan),
         "split": split,
         "out": str(out),
         "overrides": dict(pairs),

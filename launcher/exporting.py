@@ -29,9 +29,8 @@ def export_command(run_dir: Path, which: str, fmt: str, out: Path | None) -> int
     """Export a run's weights (safetensors) or its model (pt2, torch.export), with a JSON beside it."""
     import sys
 
-    from launcher import config as cfgmod
     from launcher.commands import Command
-    from launcher.evaluation import choose_weights, run_config, run_request
+    from launcher.evaluation import base_request, choose_weights, run_config, run_request
 
     _, cfg = run_config(run_dir, [("dist.device", "cpu"), ("dist.procs", "1"), ("dist.nodes", "1")])
     weights = choose_weights(run_dir, which, cfg.checkpoint.monitor, cfg.checkpoint.mode)
@@ -39,8 +38,7 @@ def export_command(run_dir: Path, which: str, fmt: str, out: Path | None) -> int
     if folder.exists() and not folder.is_dir():
         raise LaunchError(f"--out {folder} is a file; pass a folder")
     target = folder / f"{weights.name}{FORMATS[fmt]}"
-    request = {"run_dir": str(run_dir), "config": cfgmod.to_plain(cfg), "weights": str(weights.path),
-               "weights_name": weights.name, "step": weights.step, "format": fmt, "out": str(target)}  # fmt: skip
+    request = {**base_request(run_dir, cfg, weights), "format": fmt, "out": str(target)}
     return run_request(
         folder, request, lambda spec: Command([sys.executable, "-m", EXPORTER_MODULE, str(spec)], in_process=True)
     )

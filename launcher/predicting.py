@@ -68,9 +68,8 @@ def run_predict(
     device: str | None = None,
 ) -> int:
     """Predict as ``launch predict`` does: the exit status (records on stdout, or in ``out``)."""
-    from launcher import config as cfgmod
     from launcher.commands import build_command
-    from launcher.evaluation import choose_weights, run_config, run_request
+    from launcher.evaluation import base_request, choose_weights, run_config, run_request
     from launcher.hardware import visible_gpus
     from launcher.plan import make_plan
 
@@ -93,12 +92,7 @@ def run_predict(
             raise LaunchError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
     plan = make_plan(cfg, visible_gpus())
     request = {
-        "run_dir": str(run_dir),
-        "config": cfgmod.to_plain(cfg),
-        "plan": plan.to_dict(),
-        "weights": str(weights.path),
-        "weights_name": weights.name,
-        "step": weights.step,
+        **base_request(run_dir, cfg, weights, plan),
         "inputs": files,
         "refused": dict(refused),
         "skip_bad": skip_bad,
