@@ -77,8 +77,10 @@ def _merge_overrides(args: list[tuple[str, str]], flags: list[tuple[str, str, st
     return args + [(k, v) for k, v, _ in flags]
 
 
-def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str, str]]):
-    """key=value tokens + option shorthands -> (recipe spec, recipe class, config, overrides)."""
+def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str, str]], sweep_ok: bool = False):
+    """key=value tokens + option shorthands -> (recipe spec, recipe class, config, overrides).
+    A config file's ``sweep:`` section is for ``--sweep`` (launcher/sweep.py); without it, every
+    key it lists must have one value on the command line (a sweep point's own command)."""
     from launcher import config as cfgmod
     from launcher.recipe_loader import load_recipe, normalize_spec
 
@@ -94,6 +96,15 @@ def resolve_from_argv(tokens: tuple[str, ...], flags: list[tuple[str, str, str]]
         else:
             overrides.append((key, raw))
     file_layers = [cfgmod.load_yaml_file(f) for f in files]
+    given = {k for k, _ in overrides}
+    for f, layer in zip(files, file_layers, strict=True):
+        lists = layer.pop("sweep", None) or {}
+        open_keys = [k for k in lists if k not in given]
+        if open_keys and not sweep_ok:
+            raise LaunchError(
+                f"{f} has a sweep: section ({', '.join(open_keys)}); add --sweep to run its points, "
+                f"or give {open_keys[0]}=VALUE for one run"
+            )
     if recipe_spec is None:
         recipe_spec = next((layer["recipe"] for layer in reversed(file_layers) if "recipe" in layer), None)
     if not recipe_spec:
@@ -135,11 +146,31 @@ def _print_list() -> None:
     help="train.precision (default fp32).",
 )
 @click.option("--slurm", is_flag=True, help="Submit to Slurm with sbatch (slurm.enabled=true).")
+@click.option(
+    "--sweep",
+    "-m",
+    "sweep",
+    is_flag=True,
+    help="Run every combination of the comma lists (train.lr=1e-3,1e-2 ...; a config file's sweep: section).",
+)
+@click.option("--parallel", type=click.IntRange(min=1), help="With --sweep: points run at a time here (default 1).")
+@click.option("--retry-failed", is_flag=True, help="With --sweep: rerun the points that failed.")
+@click.option("--sweep-name", help="With --sweep: the sweep's name (default: derived from the command).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config, run directory and command; start nothing.")
 @click.option("--show-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("--list", "list_recipes", is_flag=True, help="List the built-in recipes and exit.")
 @click.version_option(__version__, "--version")
-def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_recipes: bool, **opts) -> int:
+def launch(
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    show_config: bool,
+    list_recipes: bool,
+    sweep: bool,
+    parallel: int | None,
+    retry_failed: bool,
+    sweep_name: str | None,
+    **opts,
+) -> int:
     """Train a recipe on this machine's CPU or GPUs, or on a Slurm cluster.
 
     Every option is a shorthand for a config key; any key can be set as KEY=VALUE.
@@ -148,6 +179,11 @@ def launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, list_re
     if list_recipes:
         _print_list()
         return EXIT_COMPLETED
+    if sweep:
+        return _sweep(overrides, dry_run, show_config, opts, parallel, retry_failed, sweep_name)
+    for given, name in ((parallel, "--parallel"), (retry_failed, "--retry-failed"), (sweep_name, "--sweep-name")):
+        if given:
+            raise LaunchError(f"{name} is for sweeps; add --sweep (and give a key several values: train.lr=0.001,0.01)")
     prewarmed = None
     modules = _prewarm_modules(overrides, opts)
     if not (dry_run or show_config) and modules:
@@ -203,6 +239,50 @@ def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
         if key == "dist.procs" and value.isdigit() and int(value) > 1:
             return True
     return False
+
+
+def _option_argv(opts: dict) -> list[str]:
+    """The shorthand options as a point's command line gets them."""
+    out: list[str] = []
+    for name in ("gpus", *SHORTHANDS):
+        if opts.get(name) is not None:
+            out += [f"--{name}", str(opts[name])]
+    if opts.get("slurm"):
+        out.append("--slurm")
+    return out
+
+
+def _sweep(overrides, dry_run, show_config, opts, parallel, retry_failed, sweep_name) -> int:
+    """``--sweep``: every point resolved and checked first, then run here (launcher/sweep_run.py)."""
+    from launcher.startup import config_classes_without_plugins, imports_without_gc
+
+    if show_config:
+        raise LaunchError("--show-config shows one run; drop --sweep (give one value per key) to see its config")
+    with imports_without_gc(), config_classes_without_plugins():
+        from launcher import sweep as sweepmod
+
+        sw = sweepmod.plan_sweep(overrides, _shorthand_overrides(opts), _option_argv(opts), sweep_name)
+    if opts.get("slurm"):
+        raise LaunchError("--sweep --slurm (one job array) is not built yet; run the sweep here without --slurm")
+    if dry_run:
+        n = len(sw.points)
+        click.echo(
+            f"# sweep {sw.name}: {n} point{'s' if n > 1 else ''} ({sw.dir}{'' if sw.file.exists() else ', new'})"
+        )
+        for p in sw.points:
+            state = sweepmod.point_state(Path(p.run_dir))
+            click.echo(f"[{p.index}] {' '.join(f'{k}={v}' for k, v in p.values.items())}: {p.run_dir} ({state})")
+            click.echo("    launch " + " ".join(_quoted(a) for a in sw.argv(p)))
+        return EXIT_COMPLETED
+    from launcher.sweep_run import run_sweep
+
+    return run_sweep(sw, parallel or 1, retry_failed)
+
+
+def _quoted(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
 
 
 def run_path_of(spec: str, recipe_cls: type, cfg, kv: list[tuple[str, str]]) -> Path:

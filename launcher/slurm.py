@@ -880,7 +880,12 @@ def _start_time(info: dict) -> float:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir")
 def status_command(run_dir: str) -> int:
-    """Show a run: its status, progress, newest checkpoint and, for Slurm runs, the job."""
+    """Show a run: its status, progress, newest checkpoint and, for Slurm runs, the job; or a
+    sweep (its directory, runs/<recipe>/sweeps/<name>): a row per point."""
+    from launcher.sweep import SWEEP_FILE, print_status
+
+    if (Path(run_dir) / SWEEP_FILE).is_file():
+        return print_status(Path(run_dir))
     path = _run_dir_arg(run_dir)
     rd = RunDir(path)
     found, mtime = _summary_and_mtime(rd, _warn)

@@ -95,6 +95,14 @@ def run(command: Command, run_dir: Path, prewarmed: Prewarmed | None = None) -> 
     return code
 
 
+def start_launch(args: list[str], env: dict[str, str], output=None) -> subprocess.Popen:
+    """``launch ARGS`` as a child (a sweep's point: launcher/sweep_run.py), started with the stop
+    signals blocked (one meanwhile waits for the child's own flag); ``output``: a file for its
+    stdout and stderr (None: this process's)."""
+    with signals.blocked():
+        return subprocess.Popen([sys.executable, "-m", "launcher", *args], env=env, stdout=output, stderr=output)
+
+
 @contextlib.contextmanager
 def _environ(changes: dict[str, str]):
     saved = {k: os.environ.get(k) for k in changes}
