@@ -33,6 +33,18 @@ CONDITIONS = {  # one speaker and room per set, as the real corpus
     "hard": {"voice": "he+m2", "speed": 1.4, "pause": 0.15, "reverb": 0.5, "noise": 6.0},
     # ... and every word spoken at its own tempo and pitch (+-25 %)
     "hard-jitter": {"voice": "he+m2", "speed": 1.3, "pause": 0.2, "reverb": 0.4, "noise": 6.0, "jitter": 0.25},
+    # every word spoken afresh (no held-out word is a copy of a training word, as in the real corpus)
+    "unique": {"unique": True, "jitter": 0.1},
+    "unique-m3-noisy": {"unique": True, "voice": "he+m3", "noise": 4.0, "reverb": 0.3, "jitter": 0.15},
+    "unique-hard": {
+        "unique": True,
+        "voice": "he+m2",
+        "speed": 1.3,
+        "pause": 0.2,
+        "reverb": 0.4,
+        "noise": 6.0,
+        "jitter": 0.25,
+    },  # fmt: skip
 }
 
 

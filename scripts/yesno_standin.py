@@ -59,6 +59,26 @@ def word_sounds(tones: bool = False, voice: str = "he", speed: float = 1.0) -> d
     return {w: [make(w, int(s * speed), p) for s in SPEEDS for p in PITCHES] for w in WORDS}
 
 
+INTONATIONS = (".", "?", "!", ",")  # espeak-ng speaks a word differently before each
+
+
+def unique_word(word: int, rng, voice: str = "he", speed: float = 1.0) -> np.ndarray:
+    """One utterance of a word never heard before, as a person says it again and again: its own
+    rate and pitch (continuous, not from a small set), intonation, and a gentle
+    spectral tilt (the mouth a little nearer or further from the microphone)."""
+    from scipy.signal import lfilter
+
+    x = _espeak(
+        WORDS[word] + INTONATIONS[rng.integers(len(INTONATIONS))],
+        int(rng.uniform(110, 210) * speed),
+        int(rng.uniform(20, 85)),
+        voice,
+    )
+    a = rng.uniform(-0.6, 0.6)  # first-order tilt: > 0 brighter, < 0 duller
+    x = lfilter([1.0, -a], [1.0], x) if a > 0 else lfilter([1.0 + a], [1.0, a], x)
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
 def _reverb(audio: np.ndarray, seconds: float, rng) -> np.ndarray:
     """A room: the dry sound plus exponentially decaying noise as impulse response (RT60 ~ seconds)."""
     from scipy.signal import fftconvolve
@@ -84,26 +104,29 @@ def make_standin(
     gain: float = 1.0,
     pause: float = 1.0,
     jitter: float = 0.0,
+    unique: bool = False,
 ) -> Path:
     """Write ``files`` recordings with distinct label sequences under ``root/waves_yesno``.
     Conditions (one per set, as the real corpus is one speaker in one room): ``voice`` (an
     espeak-ng voice, e.g. ``he+m3``, ``he+f2``, ``he+klatt``), ``speed`` (x the speaking rate),
     ``noise`` (x the background noise), ``reverb`` (RT60 in seconds, 0: dry), ``gain``, ``pause``
     (x the pauses between words: small values run the words together), ``jitter`` (each spoken
-    word resampled by a random factor in 1 +- jitter: tempo and pitch vary word by word)."""
+    word resampled by a random factor in 1 +- jitter: tempo and pitch vary word by word),
+    ``unique`` (every word synthesised afresh, :func:`unique_word`, instead of drawn from 16
+    fixed variants, so that no held-out word is a copy of a training word: the real corpus)."""
     import soundfile as sf
 
     if files > 2**words:
         raise ValueError(f"at most {2**words} distinct files of {words} words")
     rng = np.random.default_rng(seed)
-    sounds = word_sounds(tones, voice, speed)
+    sounds = None if unique and not tones and shutil.which("espeak-ng") else word_sounds(tones, voice, speed)
     folder = Path(root) / "waves_yesno"
     folder.mkdir(parents=True, exist_ok=True)
     for code in rng.choice(2**words, size=files, replace=False):
         labels = [(int(code) >> (words - 1 - i)) & 1 for i in range(words)]
         parts = [np.zeros(int(rng.uniform(0.3, 1.0) * RATE), np.float32)]
         for w in labels:
-            variant = sounds[w][rng.integers(len(sounds[w]))]
+            variant = unique_word(w, rng, voice, speed) if sounds is None else sounds[w][rng.integers(len(sounds[w]))]
             if jitter:
                 from scipy.signal import resample
 
@@ -133,9 +156,10 @@ def main() -> None:
     ap.add_argument("--gain", type=float, default=1.0)
     ap.add_argument("--pause", type=float, default=1.0, help="x the pauses between words")
     ap.add_argument("--jitter", type=float, default=0.0, help="per-word tempo/pitch change, e.g. 0.2")
+    ap.add_argument("--unique", action="store_true", help="every word synthesised afresh (no repeated variants)")
     args = ap.parse_args()
     folder = make_standin(args.root, args.files, args.seed, tones=args.tones, voice=args.voice, speed=args.speed,
-                          noise=args.noise, reverb=args.reverb, gain=args.gain, pause=args.pause, jitter=args.jitter)  # fmt: skip
+                          noise=args.noise, reverb=args.reverb, gain=args.gain, pause=args.pause, jitter=args.jitter, unique=args.unique)  # fmt: skip
     print(f"wrote {args.files} files to {folder}")
 
 
