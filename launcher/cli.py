@@ -262,8 +262,10 @@ def _sweep(overrides, dry_run, show_config, opts, parallel, retry_failed, sweep_
         from launcher import sweep as sweepmod
 
         sw = sweepmod.plan_sweep(overrides, _shorthand_overrides(opts), _option_argv(opts), sweep_name)
-    if opts.get("slurm"):
-        raise LaunchError("--sweep --slurm (one job array) is not built yet; run the sweep here without --slurm")
+    if sw.points[0].cfg.slurm.enabled:
+        from launcher.sweep_slurm import submit_sweep
+
+        return submit_sweep(sw, parallel, retry_failed, dry_run)
     if dry_run:
         n = len(sw.points)
         click.echo(

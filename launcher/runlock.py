@@ -129,6 +129,16 @@ def me(what: str = "launch", slurm_job: str | None = None, slurm_restart: int | 
     )
 
 
+def own_slurm_job(environ=os.environ) -> str | None:
+    """The id that names this Slurm job to scontrol, squeue and scancel: ``ARRAY_TASK`` for a
+    task of a job array (its own SLURM_JOB_ID can be the array's id, which would address every
+    task: ``scontrol requeue`` of it requeues them all), else SLURM_JOB_ID."""
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return environ.get("SLURM_JOB_ID") or None
+
+
 def slurm_job_state(job_id: str) -> str | None:
     """Slurm's state of the job (``squeue``): "" once Slurm no longer has it, None when unknown
     (no squeue here, the controller does not answer)."""

@@ -151,35 +151,73 @@ STOP_FILE_PREFIX = ".stop-"  # RUN_DIR/.stop-JOBID.RESTART: a stop the batch she
 SRUN_GRACE_S = 1
 
 
+@dataclass(frozen=True)
+class SweepArray:
+    """What a sweep's job array adds to the batch script (launcher/sweep_slurm.py)."""
+
+    name: str  # the job name: the sweep's
+    spec: str  # --array=..., e.g. 0-3%2 or 1,4,5%2
+    run_dirs: dict[int, Path]  # array task id (= point index) -> the point's run directory
+
+
 def stop_file(run_dir: Path, job_id: str, restart: int) -> Path:
     """The file in which the batch script records a stop request of one attempt."""
     return run_dir / f"{STOP_FILE_PREFIX}{job_id}.{restart}"
 
 
-def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: Path) -> str:
+def render_sbatch(
+    cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: Path, array: SweepArray | None = None
+) -> str:
     """The whole batch script (pure). Every value from the user that reaches a shell command is
-    quoted with :func:`shlex.quote`; ``slurm.setup`` lines are shell by design."""
+    quoted with :func:`shlex.quote`; ``slurm.setup`` lines are shell by design. ``array``: the
+    script of a sweep's job array (``run_dir``: the sweep directory), each task training the run
+    directory of its point (task N: point N), its output in that run directory's logs/."""
     run_dir = run_dir.absolute()
-    for path in (run_dir, workdir, python):
+    dirs = [Path(d).absolute() for d in array.run_dirs.values()] if array else []
+    for path in (run_dir, workdir, python, *dirs):
         if not str(path).isprintable():
             raise LaunchError(f"{str(path)!r} must be one line of printable characters for a Slurm script")
     sig = _signal_name(cfg.slurm.signal)
     q = shlex.quote
-    py, rd = q(python), q(str(run_dir))
-    stop = q(str(run_dir / STOP_FILE_PREFIX))
+    py = q(python)
+    flags = sbatch_flags(cfg, plan, run_dir, workdir)
+    choose: list[str] = []
+    if array is None:
+        rd, stop = q(str(run_dir)), q(str(run_dir / STOP_FILE_PREFIX))
+        what = f"the run in {run_dir}"
+    else:
+        rd, stop = '"$LAUNCHER_RUN_DIR"', f'"$LAUNCHER_RUN_DIR"/{STOP_FILE_PREFIX}'
+        what = f"the sweep in {run_dir} (a job array: task N trains point N)"
+        flags = [
+            f"--job-name={array.name}" if f.startswith("--job-name=") else
+            f"--output={run_dir / LOGS_DIR / 'slurm-%A_%a.out'}" if f.startswith("--output=") else f
+            for f in flags
+        ]  # fmt: skip
+        flags.insert(1, f"--array={array.spec}")
+        choose = [
+            "# this task's point: its run directory, and its output there from here on",
+            'case "$SLURM_ARRAY_TASK_ID" in',
+            *(f"  {i}) LAUNCHER_RUN_DIR={q(str(d))} ;;" for i, d in zip(array.run_dirs, dirs, strict=True)),
+            '  *) echo "launch: array task $SLURM_ARRAY_TASK_ID is no point of this sweep" >&2; exit 2 ;;',
+            "esac",
+            "export LAUNCHER_RUN_DIR",
+            f'exec >> "$LAUNCHER_RUN_DIR/{LOGS_DIR}/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.out" 2>&1',
+        ]
     traps = [sig] + [s for s in STOP_SIGNALS if s != sig]
     lines = [
         "#!/bin/bash",
-        f"# Written by `launch` for the run in {run_dir}.",
+        f"# Written by `launch` for {what}.",
         "# Resubmit with the same `launch` command (it resumes), not with sbatch directly.",
-        *(_sbatch_line(f) for f in sbatch_flags(cfg, plan, run_dir, workdir)),
+        *(_sbatch_line(f) for f in flags),
         "",
+        *choose,
         "# First thing: catch the stop signals (one can arrive within a second of the start, or while",
         "# slurm.setup runs). The handler records the request in LAUNCHER_STOP_FILE (the workers read it",
         "# when they start training) and asks srun for a stop with USR2, which srun passes to every task;",
         "# never TERM, which srun answers by killing the tasks. A signal in srun's first ~20 ms kills srun,",
         f"# so one that comes that early is passed on {SRUN_GRACE_S} s later.",
-        f'export LAUNCHER_STOP_FILE={stop}"$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}"',
+        f'export LAUNCHER_STOP_FILE={stop}"{"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" if array else "$SLURM_JOB_ID"}'
+        '.${SLURM_RESTART_COUNT:-0}"',
         'launch_srun=""',
         "launch_srun_at=0",
         "launch_stop() {",
@@ -199,8 +237,8 @@ def render_sbatch(cfg: Config, plan: Plan, run_dir: Path, python: str, workdir: 
         f"MASTER_PORT=$(( {PORT_BASE} + (SLURM_JOB_ID * {PORT_MULT} + ${{SLURM_RESTART_COUNT:-0}} * 7919) % {PORT_SPAN} ))",
         "export MASTER_ADDR MASTER_PORT",
         "launch_started=$(date +%s)",
-        'echo "launch: job $SLURM_JOB_ID attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on $SLURM_JOB_NODELIST,'
-        ' rendezvous $MASTER_ADDR:$MASTER_PORT" >&2',
+        f'echo "launch: job {"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" if array else "$SLURM_JOB_ID"}'
+        ' attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on $SLURM_JOB_NODELIST, rendezvous $MASTER_ADDR:$MASTER_PORT" >&2',
         "launch_rc=0",
         'if [ -e "$LAUNCHER_STOP_FILE" ]; then',
         '  echo "launch: stop requested before training started; srun not started" >&2',
@@ -729,8 +767,10 @@ def after(run_dir: Path, started: float, rc: int, environ=os.environ) -> int:
     # batch shell has recorded it already
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    from launcher.runlock import own_slurm_job
+
     rd = RunDir(run_dir)
-    job_id = environ.get("SLURM_JOB_ID", "")
+    job_id = own_slurm_job(environ) or ""  # (an array task: ARRAY_TASK, never the array's own id)
     restarts = _restarts(environ.get("SLURM_RESTART_COUNT"))
     found, mtime = _summary_and_mtime(rd, _warn)
     summary = found if summary_is_from(found, job_id, restarts, mtime, started) else None
@@ -935,7 +975,14 @@ def status_command(run_dir: str) -> int:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir")
 def cancel_command(run_dir: str) -> int:
-    """Cancel a run's Slurm job. It is not requeued; the same `launch` command resumes it later."""
+    """Cancel a run's Slurm job (or, given a sweep's directory, its points' array tasks). It is not
+    requeued; the same `launch` command resumes it later."""
+    from launcher.sweep import SWEEP_FILE
+
+    if (Path(run_dir) / SWEEP_FILE).is_file():
+        from launcher.sweep_slurm import cancel_sweep
+
+        return cancel_sweep(Path(run_dir))
     path = _run_dir_arg(run_dir)
     try:
         jobs = read_jobs(path)

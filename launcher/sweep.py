@@ -109,6 +109,7 @@ class Point:
     run_dir: str = ""
     procs: int = 1  # processes it trains with on this node (not stored: settled by the command)
     device: str = "auto"  # its dist.device (a local run takes one GPU per process on cuda, and on auto with GPUs)
+    cfg: Any = None  # its resolved config (not stored)
 
 
 @dataclass
@@ -253,7 +254,9 @@ def plan_sweep(tokens: tuple[str, ...], flags: list[tuple[str, str, str]], optio
             fixed = shared_config(cfg, keys)
             output_dir = Path(cfg.run.output_dir)
         points.append(
-            Point(index, dict(zip(keys, combo, strict=True)), ptoks, str(run_path), cfg.dist.procs, cfg.dist.device)
+            Point(
+                index, dict(zip(keys, combo, strict=True)), ptoks, str(run_path), cfg.dist.procs, cfg.dist.device, cfg
+            )
         )
     from launcher.recipe_loader import recipe_dir_name
 
@@ -269,7 +272,7 @@ def plan_sweep(tokens: tuple[str, ...], flags: list[tuple[str, str, str]], optio
     resolved = {tuple(sorted(p.values.items())): p for p in points}
     for p in sweep.points:  # (every stored point is in the command's product: lists only grow)
         q = resolved[tuple(sorted(p.values.items()))]
-        p.procs, p.device = q.procs, q.device
+        p.procs, p.device, p.cfg = q.procs, q.device, q.cfg
     return sweep
 
 
@@ -298,6 +301,25 @@ def point_state(run_dir: Path) -> str:
     if status in ("completed", "failed", "stopped", "preempted"):
         return status
     return "interrupted"  # started, and ended without a summary (killed)
+
+
+def slurm_state(run_dir: Path) -> str | None:
+    """queued | running for a point whose Slurm job (an array task) is pending or running; else None."""
+    import shutil
+
+    from launcher.rundir import SLURM_JOBS_FILE
+
+    if not (run_dir / SLURM_JOBS_FILE).is_file() or shutil.which("scontrol") is None:
+        return None
+    from launcher import slurm
+
+    try:
+        active = slurm.active_job(run_dir)
+    except slurm.DamagedJobsFile:
+        return None
+    if active is None:
+        return None
+    return "queued" if active[1].get("JobState") in ("PENDING", "REQUEUED", "REQUEUE_HOLD") else "running"
 
 
 @dataclass
@@ -380,7 +402,7 @@ def print_status(path: Path) -> int:
     from launcher.report import render_text
 
     sweep = read_sweep(path)
-    rows = [point_row(p) for p in sweep.points]
+    rows = [point_row(p, slurm_state(Path(p.run_dir))) for p in sweep.points]
     keys = [k for k, v in sweep.axes.items() if len(v) > 1] or list(sweep.axes)
     click.echo(f"sweep:  {sweep.dir} ({sweep.recipe}, {len(rows)} point{'s' if len(rows) > 1 else ''})")
     counts: dict[str, int] = {}

@@ -453,3 +453,69 @@ def test_stop_signal_sweep_and_storm(tmp_path, reference):
     assert info["JobState"] == "COMPLETED" and 1 <= int(info["Restarts"]) <= 4, (info, log)
     assert not [w for w in KILLED if w in log], log
     assert_same_weights(run_dir / "model.safetensors", reference)
+
+
+def test_sweep_is_one_job_array_a_preempted_task_requeues_alone_bit_exact(tmp_path):
+    """A 2x2 sweep as one array (%2); the same command while it runs submits nothing; one task
+    gets the warning signal, is requeued alone and resumes; every point's weights equal the same
+    point trained here alone; a changed definition is refused."""
+    from tests.conftest import launch_here
+
+    point = [f"recipe={TINY}", "--device", "cpu", "train.epochs=2", "log.quiet=true", "data.step_delay=0.2"]
+    args = [*point, "train.lr=0.02,0.05", "model.hidden=4,8", "--sweep", "--slurm", "--parallel", "2"]
+    r = run_launch(args, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    array = re.search(r"submitted Slurm job array (\d+) \(--array=0-3%2\): 4 points", r.stdout).group(1)
+    (sweep,) = (tmp_path / "runs" / "tiny" / "sweeps").iterdir()
+    stored = json.loads((sweep / "sweep.json").read_text())
+    points = stored["points"]
+    assert stored["options"] == ["--device", "cpu", "--slurm"]
+    again = run_launch(args, tmp_path)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+    assert again.stdout.count(f"job {array}_") == 4
+    assert len(json.loads((sweep / "slurm_jobs.json").read_text())) == 1
+
+    task = f"{array}_1"
+    run1 = tmp_path / points[1]["run_dir"]
+    wait_until(lambda: trained_in_attempt_of_task(run1, task, 0), 120, "point 1 to train")
+    # scancel delivers the signal at once but, for a task of a throttled array (%2), then reports the
+    # job "in transitional state" and retries until the requeued task runs, which gets the signal
+    # again (Slurm 22.05): the warning is sent once, and scancel stopped
+    try:
+        subprocess.run(["scancel", "--signal=USR2", "--batch", task], timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
+    wait_until(lambda: int((job_info(task) or {}).get("Restarts", 0)) > 0, 120, "the requeue of point 1")
+    restarts = {}
+    for p in points:
+        info = wait_done(f"{array}_{p['index']}")
+        assert info["JobState"] == "COMPLETED", (info, list((tmp_path / p["run_dir"] / "logs").iterdir()))
+        restarts[p["index"]] = int(info["Restarts"])
+    assert restarts == {0: 0, 1: 1, 2: 0, 3: 0}
+    log = (run1 / "logs" / f"slurm-{task}.out").read_text()
+    assert "requeueing" in log and "attempt 2 " in log
+    status = run_launch(["status", str(sweep)], tmp_path)
+    assert "states: 4 completed" in status.stdout, status.stdout + status.stderr
+
+    for p in points:
+        here = tmp_path / f"alone-{p['index']}"
+        here.mkdir()
+        ref = launch_here([*p["tokens"], "--device", "cpu"], here)  # the point's own command, here
+        assert ref.returncode == 0, ref.stderr
+        name = Path(p["run_dir"]).name
+        assert_same_weights(
+            tmp_path / p["run_dir"] / "model.safetensors", here / "runs" / "tiny" / name / "model.safetensors"
+        )
+
+    changed = run_launch([*args, "train.batch_size=4", "--sweep-name", sweep.name], tmp_path)
+    assert changed.returncode == 2 and "other shared settings (train.batch_size: 8 -> 4)" in changed.stderr
+
+
+def trained_in_attempt_of_task(run_dir: Path, task: str, restarts: int) -> bool:
+    info = job_info(task)
+    if not info or info["JobState"] != "RUNNING" or int(info.get("Restarts", 0)) != restarts:
+        return False
+    try:
+        return len([e for e in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in e]) >= 2
+    except (OSError, ValueError):
+        return False

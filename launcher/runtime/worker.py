@@ -97,7 +97,7 @@ def own_run_dir(rd: RunDir, env, strategy) -> None:
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         try:
             runlock.acquire_for_exit(
-                rd.path, "worker", slurm_job=os.environ.get("SLURM_JOB_ID"),
+                rd.path, "worker", slurm_job=runlock.own_slurm_job(),
                 slurm_restart=int(restart) if restart.isdigit() else 0,
             )  # fmt: skip
         except LaunchError as e:
@@ -277,9 +277,11 @@ def make_summary(cfg, trainer, status, code, reason, resumed_from, start, tested
     if reason:
         summary["reason"] = reason
     if os.environ.get("LAUNCHER_SLURM") == "1" and os.environ.get("SLURM_JOB_ID"):
+        from launcher.runlock import own_slurm_job
+
         # which attempt wrote this summary (`launch status` and the batch script's `after` ask)
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-        summary["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"], "restart": int(restart) if restart.isdigit() else 0}
+        summary["slurm"] = {"job_id": own_slurm_job(), "restart": int(restart) if restart.isdigit() else 0}
     return summary
 
 
