@@ -293,20 +293,147 @@ def plots(runs: list[Run], out_dir: Path) -> list[Path]:
 )
 def report_command(run_dirs: tuple[str, ...], out: str | None) -> int:
     """Plot loss, metrics, learning rate and throughput of one or more runs (any state) and print
-    a table comparing them."""
-    runs = [load_run(Path(p)) for p in run_dirs]
-    _labels(runs)
-    out_dir = Path(out) if out else runs[0].path / REPORT_DIR
+    a table comparing them. A sweep's directory (runs/<recipe>/sweeps/<name>) or a recipe's
+    (runs/<recipe>) compares its runs: sorted by the monitored metric, labelled by the settings
+    that differ, with the best run's command."""
+    group = _group(Path(run_dirs[0])) if len(run_dirs) == 1 else None
+    if group is not None:
+        runs, where, commands = group
+    else:
+        runs, where, commands = [load_run(Path(p)) for p in run_dirs], None, {}
+        _labels(runs)
+    out_dir = Path(out) if out else (where or runs[0].path) / REPORT_DIR
     ensure_writable_dir(out_dir, "the report", "pass --out <a writable directory>")
     rows = table(runs)
     written = plots(runs, out_dir)
     summary_md = out_dir / "summary.md"
     sources = "\n".join(f"- {r.label}: {r.path}" for r in runs)
-    summary_md.write_text(f"# launch report\n\n{render_markdown(rows)}\n\nRuns:\n{sources}\n")
+    best = _best(runs) if group is not None else None
+    said = ""
+    if best is not None:
+        said = f"best: {best.label} ({best.monitor}={_fmt(_best_value(best))}): {best.path}"
+        if best.path in commands:
+            said += f"\n  {commands[best.path]}"
+    summary_md.write_text(f"# launch report\n\n{render_markdown(rows)}\n\n{said}\n\nRuns:\n{sources}\n")
     click.echo(render_text(rows))
     click.echo("")
+    if said:
+        click.echo(said)
+        click.echo("")
     if not any(r.events for r in runs):
         click.echo("no metrics logged yet: nothing to plot")
     for path in [*written, summary_md]:
         click.echo(f"wrote {path}")
     return 0
+
+
+# --------------------------------------------------------------------------- sweeps and recipe folders
+
+
+def _mode(run: Run) -> str:
+    from launcher import yamlio
+
+    try:
+        cfg = yamlio.load((run.path / CONFIG_FILE).read_text()) or {}
+        return "max" if (cfg.get("checkpoint") or {}).get("mode") == "max" else "min"
+    except (OSError, ValueError, AttributeError):
+        return "min"
+
+
+def _best_value(run: Run) -> float | None:
+    """The best value of the run's monitored metric so far (summary.json's, else from its events)."""
+    best = run.summary.get("best") or {}
+    if best.get("metric") == run.monitor and isinstance(best.get("value"), (int, float)):
+        return float(best["value"])
+    _, ys = run.series(run.monitor) if run.monitor else ([], [])
+    ys = [y for y in ys if math.isfinite(y)]
+    if not ys:
+        return None
+    return max(ys) if _mode(run) == "max" else min(ys)
+
+
+def _sorted(runs: list[Run]) -> list[Run]:
+    """Best first by the monitored metric (runs without a value last)."""
+
+    def key(r: Run):
+        v = _best_value(r)
+        return (v is None, -(v or 0.0) if _mode(r) == "max" else (v or 0.0))
+
+    return sorted(runs, key=key)
+
+
+def _best(runs: list[Run]) -> Run | None:
+    scored = [r for r in runs if _best_value(r) is not None]
+    if not scored or len({(r.monitor, _mode(r)) for r in scored}) > 1:
+        return None
+    return _sorted(scored)[0]
+
+
+def _differing(runs: list[Run]) -> list[str]:
+    """The config keys whose values differ between the runs (results-relevant ones only)."""
+    from launcher import yamlio
+    from launcher.config import OPERATIONAL_KEYS, _is_under, flatten
+
+    flat = []
+    for r in runs:
+        try:
+            flat.append(flatten(yamlio.load((r.path / CONFIG_FILE).read_text()) or {}))
+        except (OSError, ValueError, AttributeError):
+            flat.append({})
+    keys = sorted({k for f in flat for k in f if not _is_under(k, OPERATIONAL_KEYS)})
+    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def _group(path: Path) -> tuple[list[Run], Path, dict[Path, str]] | None:
+    """A sweep directory or a recipe's folder of runs -> (runs best first, where the report goes,
+    each run's command where known); None for anything else (an ordinary run directory)."""
+    from launcher.sweep import SWEEP_FILE, SWEEPS_DIR, read_sweep
+
+    if (path / SWEEP_FILE).is_file():
+        sweep = read_sweep(path)
+        keys = [k for k, v in sweep.axes.items() if len(v) > 1] or list(sweep.axes)
+        runs, commands = [], {}
+        for p in sweep.points:
+            run_path = Path(p.run_dir)
+            if _is_run(run_path):
+                run = load_run(run_path)
+                run.label = " ".join(f"{k.rsplit('.', 1)[-1]}={p.values[k]}" for k in keys)
+                runs.append(run)
+                commands[run_path] = "launch " + " ".join(_quote(a) for a in sweep.argv(p))
+        if not runs:
+            raise LaunchError(
+                f"no point of the sweep in {path} has started yet; nothing to report (launch status {path})"
+            )
+        return _sorted(runs), path, commands
+    if _is_run(path) or not path.is_dir():
+        return None
+    inner = sorted(p.parent for p in path.glob(f"*/{CONFIG_FILE}") if p.parent.name != SWEEPS_DIR)
+    if not inner:
+        return None
+    runs = [load_run(p) for p in inner]
+    keys = _differing(runs)
+    for r in runs:
+        try:
+            from launcher import yamlio
+            from launcher.config import flatten
+
+            flat = flatten(yamlio.load((r.path / CONFIG_FILE).read_text()) or {})
+        except (OSError, ValueError, AttributeError):
+            flat = {}
+        r.label = " ".join(f"{k.rsplit('.', 1)[-1]}={flat.get(k)}" for k in keys[:4]) or r.path.name
+    _dedupe(runs)
+    return _sorted(runs), path, {}
+
+
+def _dedupe(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+        if seen[r.label] > 1:
+            r.label = f"{r.label} ({r.path.name})"
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)

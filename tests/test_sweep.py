@@ -144,6 +144,25 @@ def test_grid_in_parallel_then_again_then_grown_then_changed(tmp_path):
     best = min(losses, key=losses.get)
     assert [row for row in rows if row[-1] == "*"] == [[*rows[best][:7], "*"]]
 
+    # the report: best first, labelled by the swept values, the best point's command
+    report = launch_here(["report", str(sweep)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    ranked = [line.split()[:2] for line in lines[1:5]]
+    by_loss = sorted(losses, key=losses.get)
+    assert ranked == [
+        [f"lr={points[i]['values']['train.lr']}", f"hidden={points[i]['values']['model.hidden']}"] for i in by_loss
+    ]
+    best_point = points[by_loss[0]]
+    assert f"  launch {' '.join(best_point['tokens'])} --device cpu" in lines
+    assert (sweep / "report" / "loss.png").is_file() and (sweep / "report" / "summary.md").is_file()
+    # a recipe's folder: every run in it, the differing settings as labels
+    folder = launch_here(["report", str(tmp_path / "runs" / "tiny"), "--out", str(tmp_path / "all")], tmp_path)
+    assert folder.returncode == 0, folder.stderr
+    assert [line.split()[:2] for line in folder.stdout.splitlines()[1:5]] == [
+        [f"hidden={points[i]['values']['model.hidden']}", f"lr={points[i]['values']['train.lr']}"] for i in by_loss
+    ]
+
     # a value added to a list adds points (new indices), keeps the rest
     grown = launch_here([*GRID[:1], "train.lr=0.02,0.05,0.1", *GRID[2:], "--sweep", "--dry-run"], tmp_path)
     assert grown.returncode == 0, grown.stderr
