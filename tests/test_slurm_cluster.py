@@ -519,3 +519,35 @@ def trained_in_attempt_of_task(run_dir: Path, task: str, restarts: int) -> bool:
         return len([e for e in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in e]) >= 2
     except (OSError, ValueError):
         return False
+
+
+def test_cancel_of_a_sweep_stops_every_task_without_requeue_and_the_command_resumes(tmp_path):
+    args = [f"recipe={TINY}", "--device", "cpu", "train.epochs=2", "log.quiet=true", "data.step_delay=0.5",
+            "train.lr=0.02,0.05", "--sweep", "--slurm"]  # fmt: skip
+    r = run_launch(args, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    array = re.search(r"submitted Slurm job array (\d+)", r.stdout).group(1)
+    (sweep,) = (tmp_path / "runs" / "tiny" / "sweeps").iterdir()
+    points = json.loads((sweep / "sweep.json").read_text())["points"]
+    for p in points:
+        wait_until(
+            lambda p=p: trained_in_attempt_of_task(tmp_path / p["run_dir"], f"{array}_{p['index']}", 0), 120, "training"
+        )
+    c = run_launch(["cancel", str(sweep)], tmp_path)
+    assert c.returncode == 0 and f"cancelled 2 Slurm tasks ({array}_0, {array}_1); none requeues" in c.stdout, (
+        c.stdout + c.stderr
+    )
+    for p in points:
+        info = wait_done(f"{array}_{p['index']}")
+        assert info["Restarts"] == "0", info
+        summary = json.loads((tmp_path / p["run_dir"] / "summary.json").read_text())
+        assert summary["status"] == "stopped" and "launch cancel" in summary["reason"], summary
+    status = run_launch(["status", str(sweep)], tmp_path)
+    assert "states: 2 stopped" in status.stdout, status.stdout + status.stderr
+    again = run_launch(args, tmp_path)  # the same command: both points resubmitted, they resume
+    assert again.returncode == 0 and "(--array=0-1): 2 points" in again.stdout, again.stdout + again.stderr
+    second = re.search(r"submitted Slurm job array (\d+)", again.stdout).group(1)
+    for p in points:
+        assert wait_done(f"{second}_{p['index']}")["JobState"] == "COMPLETED"
+        summary = json.loads((tmp_path / p["run_dir"] / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed_from"], summary

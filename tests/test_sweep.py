@@ -179,14 +179,20 @@ def test_grid_in_parallel_then_again_then_grown_then_changed(tmp_path):
 
 
 def test_failed_point_is_reported_and_rerun_only_when_asked(tmp_path):
-    args = [f"recipe={TINY}", "data.fail_at_item=-1,5", "train.epochs=1", "--device", "cpu", "--sweep"]
-    r = run_launch(args, tmp_path)
+    wandb = ["log.backends=[jsonl,wandb]", "log.wandb.project=sweep"]
+    args = [f"recipe={TINY}", "data.fail_at_item=-1,5", "train.epochs=1", *wandb, "--device", "cpu", "--sweep"]
+    r = run_launch(args, tmp_path, WANDB_MODE="offline", HOME=str(tmp_path))
     assert r.returncode == 1, r.stdout + r.stderr
+    from tests.wandb_records import read_run
+
+    # every point in one wandb group named after the sweep (offline run files, as wandb wrote them)
+    files = sorted(tmp_path.glob("runs/tiny/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {read_run(f).group for f in files} == {_sweep_dir(tmp_path).name}
     assert "data.fail_at_item=-1: completed" in r.stdout and "data.fail_at_item=5: failed (exit 1)" in r.stdout
     assert "1 completed, 1 failed" in r.stdout
-    again = launch_here(args, tmp_path)
+    again = launch_here(args, tmp_path, WANDB_MODE="offline", HOME=str(tmp_path))
     assert again.returncode == 1 and "data.fail_at_item=5: failed: not rerun (--retry-failed reruns it)" in again.stdout
-    retry = run_launch([*args, "--retry-failed"], tmp_path)
+    retry = run_launch([*args, "--retry-failed"], tmp_path, WANDB_MODE="offline", HOME=str(tmp_path))
     assert retry.returncode == 1 and "data.fail_at_item=5: failed (exit 1)" in retry.stdout
     assert "data.fail_at_item=5: starts" not in retry.stdout and "data.fail_at_item=5: continues" in retry.stdout
 
