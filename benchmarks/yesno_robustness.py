@@ -35,6 +35,7 @@ CONDITIONS = {  # one speaker and room per set, as the real corpus
     "hard-jitter": {"voice": "he+m2", "speed": 1.3, "pause": 0.2, "reverb": 0.4, "noise": 6.0, "jitter": 0.25},
     # every word spoken afresh (no held-out word is a copy of a training word, as in the real corpus)
     "unique": {"unique": True, "jitter": 0.1},
+    "unique-f2-slow": {"unique": True, "voice": "he+f2", "speed": 0.85, "reverb": 0.3, "noise": 2.0, "jitter": 0.15},
     "unique-m3-noisy": {"unique": True, "voice": "he+m3", "noise": 4.0, "reverb": 0.3, "jitter": 0.15},
     "unique-hard": {
         "unique": True,

@@ -30,12 +30,13 @@ Examples:
   launch recipe=resnet_finetune train.epochs=3 train.lr=0.05
   launch recipe=resnet_finetune config=exp.yaml --dry-run
   launch recipe=my_pkg.module:MyRecipe                your own recipe
+  launch recipe=resnet_finetune train.lr=1e-3,1e-2 run.seed=0,1 --sweep [--parallel 2] [--slurm]
   launch --list
 
 \b
 Other commands (each has --help):
-  launch status RUN_DIR / launch cancel RUN_DIR       Slurm jobs
-  launch report RUN_DIR [RUN_DIR ...]                 plots and a summary table
+  launch status RUN_DIR|SWEEP_DIR / launch cancel ... a run or a sweep (runs/<recipe>/sweeps/<name>)
+  launch report RUN_DIR [RUN_DIR ...]                 plots and a summary table (or SWEEP_DIR, runs/<recipe>)
   launch eval RUN_DIR [--checkpoint last|best|step-N] [--split val|test]
   launch predict RUN_DIR INPUT... [--out FILE] [--checkpoint ...]
   launch export RUN_DIR [--checkpoint ...] [--format safetensors|pt2]
@@ -241,6 +242,17 @@ def _asks_for_processes(overrides: tuple[str, ...], opts: dict) -> bool:
     return False
 
 
+def _sweep_hint(tokens: tuple[str, ...], error: str) -> str:
+    """A comma list given without --sweep, in the token the error is about: say how to sweep it."""
+    from launcher.sweep import split_list
+
+    for token in tokens:
+        key, _, raw = token.partition("=")
+        if len(split_list(raw)) > 1 and (key in error or raw in error):
+            return f" (to run one training per value of {key}, add --sweep)"
+    return ""
+
+
 def _option_argv(opts: dict) -> list[str]:
     """The shorthand options as a point's command line gets them."""
     out: list[str] = []
@@ -319,7 +331,10 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         from launcher.plan import make_plan
         from launcher.rundir import check_paths, inspect_run_dir, write_config
 
-        spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
+        try:
+            spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
+        except LaunchError as e:
+            raise LaunchError(f"{e}{_sweep_hint(overrides, str(e))}") from None
     if show_config:
         click.echo(cfgmod.to_yaml(cfg), nl=False)
         return EXIT_COMPLETED

@@ -89,6 +89,7 @@ def test_sweep_section_in_a_config_file(tmp_path):
     "args, words",
     [
         (["train.lr=0.1", "--sweep"], "--sweep needs at least one list"),
+        (["train.lr=0.1,0.2"], "(to run one training per value of train.lr, add --sweep)"),
         (["train.lr=0.1,0.2", "--parallel", "2"], "--parallel is for sweeps; add --sweep"),
         (["train.lr=0.1,0.2", "--retry-failed"], "--retry-failed is for sweeps"),
         (["train.lr=0.1,0.2", "--sweep", "--show-config"], "--show-config shows one run"),
