@@ -334,7 +334,10 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
         try:
             spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
         except LaunchError as e:
-            raise LaunchError(f"{e}{_sweep_hint(overrides, str(e))}") from None
+            hint = _sweep_hint(overrides, str(e))
+            if not hint:
+                raise
+            raise type(e)(f"{e}{hint}") from None  # (a ConfigError stays one for CliRunner callers)
     if show_config:
         click.echo(cfgmod.to_yaml(cfg), nl=False)
         return EXIT_COMPLETED

@@ -80,11 +80,11 @@ def run_sweep(sweep: Sweep, parallel: int, retry_failed: bool) -> int:
     todo, other = to_run(sweep, retry_failed)
     n = len(sweep.points)
     click.echo(f"sweep {sweep.name}: {n} point{'s' if n > 1 else ''} in {sweep.dir}")
-    for state in ("completed", "running", "failed"):
-        for p in other.get(state, []):
-            why = {"completed": "completed", "running": "training elsewhere: left to it",
-                   "failed": "failed: not rerun (--retry-failed reruns it)"}[state]  # fmt: skip
-            click.echo(f"  [{p.index}] {shown(p)}: {why}")
+    skipped = {p.index: state for state, points in other.items() for p in points}
+    for p in sweep.points:  # every point and its run directory first
+        why = {"completed": "completed", "running": "training elsewhere: left to it",
+               "failed": "failed: not rerun (--retry-failed reruns it)"}.get(skipped.get(p.index), "to run")  # fmt: skip
+        click.echo(f"  [{p.index}] {shown(p)}: {why}, in {p.run_dir}")
     flag = signals.installed()
     free_gpus = [str(i) for i in range(visible or 0)]
     env_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -131,7 +131,8 @@ def test_grid_in_parallel_then_again_then_grown_then_changed(tmp_path):
 
     again = launch_here([*GRID, "--sweep"], tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count(": completed\n") == 4 and "4 completed" in again.stdout
+    assert again.stdout.count(": completed, in runs/tiny/") == 4 and "4 completed" in again.stdout
+    assert ": to run" not in again.stdout
     assert before == {p["index"]: (tmp_path / p["run_dir"] / "model.safetensors").stat().st_mtime_ns for p in points}
 
     status = launch_here(["status", str(sweep)], tmp_path)
@@ -189,10 +190,14 @@ def test_failed_point_is_reported_and_rerun_only_when_asked(tmp_path):
     # every point in one wandb group named after the sweep (offline run files, as wandb wrote them)
     files = sorted(tmp_path.glob("runs/tiny/*/wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and {read_run(f).group for f in files} == {_sweep_dir(tmp_path).name}
-    assert "data.fail_at_item=-1: completed" in r.stdout and "data.fail_at_item=5: failed (exit 1)" in r.stdout
+    assert "data.fail_at_item=5: to run, in runs/tiny/" in r.stdout
+    assert "data.fail_at_item=-1: completed (" in r.stdout and "data.fail_at_item=5: failed (exit 1)" in r.stdout
     assert "1 completed, 1 failed" in r.stdout
     again = launch_here(args, tmp_path, WANDB_MODE="offline", HOME=str(tmp_path))
-    assert again.returncode == 1 and "data.fail_at_item=5: failed: not rerun (--retry-failed reruns it)" in again.stdout
+    assert (
+        again.returncode == 1
+        and "data.fail_at_item=5: failed: not rerun (--retry-failed reruns it), in " in again.stdout
+    )
     retry = run_launch([*args, "--retry-failed"], tmp_path, WANDB_MODE="offline", HOME=str(tmp_path))
     assert retry.returncode == 1 and "data.fail_at_item=5: failed (exit 1)" in retry.stdout
     assert "data.fail_at_item=5: starts" not in retry.stdout and "data.fail_at_item=5: continues" in retry.stdout
@@ -217,7 +222,8 @@ def test_interrupted_sweep_continues_bit_exactly(tmp_path):
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
-    assert "train.lr=0.02: completed" in out and "train.lr=0.05: stopped" in out and "train.lr=0.1" not in out
+    assert "train.lr=0.02: completed (" in out and "train.lr=0.05: stopped" in out
+    assert "train.lr=0.1: starts" not in out
     sweep = _sweep_dir(tmp_path / "cut")
     status = launch_here(["status", str(sweep)], tmp_path / "cut").stdout
     assert "1 completed, 1 pending, 1 stopped" in status
@@ -236,3 +242,13 @@ def test_interrupted_sweep_continues_bit_exactly(tmp_path):
     assert_same_weights(
         cut_run / "model.safetensors", tmp_path / "ref" / "runs" / "tiny" / cut_run.name / "model.safetensors"
     )
+
+
+def test_parallel_points_must_each_get_their_gpus(tmp_path):
+    args = [f"recipe={TINY}", "train.lr=0.01,0.1,0.2", "--gpus", "2", "--sweep", "--parallel", "3"]
+    r = launch_here(args, tmp_path, CUDA_VISIBLE_DEVICES="0,1,2,3")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == (
+        "error: --parallel 3 with 2 GPUs per point needs 6 GPUs; this machine has 4: lower --parallel to 2"
+    )
+    assert not (tmp_path / "runs").exists()
