@@ -299,14 +299,26 @@ def _quoted(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def run_path_of(spec: str, recipe_cls: type, cfg, kv: list[tuple[str, str]]) -> Path:
-    """The run directory of a resolved command (``run.name``, else the name derived from it)."""
+def config_stems(tokens) -> list[str]:
+    """The names of the ``config=FILE`` files of a command line, without folder and ending."""
+    return [Path(t.partition("=")[2]).stem for t in tokens if t.partition("=")[0].strip() == "config"]
+
+
+def run_path_of(spec: str, recipe_cls: type, cfg, kv: list[tuple[str, str]], stems: list[str] = ()) -> Path:
+    """The run directory of a resolved command (``run.name``, else the name derived from it: the
+    config files' names first). A run started before config file names counted in the name
+    (``default-HASH`` for ``config=exp.yaml``) keeps its directory: the command resumes it."""
     from launcher.recipe_loader import recipe_dir_name
     from launcher.rundir import default_run_name
 
+    base = Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls)
     if cfg.run.name is None:
-        cfg.run.name = default_run_name(cfg, kv)
-    return Path(cfg.run.output_dir) / recipe_dir_name(spec, recipe_cls) / cfg.run.name
+        name = default_run_name(cfg, kv, list(stems))
+        legacy = default_run_name(cfg, kv)
+        if stems and not (base / name).exists() and (base / legacy).is_dir():
+            name = legacy
+        cfg.run.name = name
+    return base / cfg.run.name
 
 
 def run_dir_for(argv: list[str]) -> Path:
@@ -317,7 +329,7 @@ def run_dir_for(argv: list[str]) -> Path:
     for flag in ("dry_run", "show_config", "list_recipes"):
         opts.pop(flag, None)
     spec, recipe_cls, cfg, kv = resolve_from_argv(overrides, _shorthand_overrides(opts))
-    return run_path_of(spec, recipe_cls, cfg, kv)
+    return run_path_of(spec, recipe_cls, cfg, kv, config_stems(overrides))
 
 
 def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: dict, prewarmed) -> int:
@@ -347,7 +359,7 @@ def _launch(overrides: tuple[str, ...], dry_run: bool, show_config: bool, opts: 
     # they are on the compute nodes, not here: the worker settles "auto" there)
     ask_gpus = cfg.dist.device in ("auto", "cuda") and not cfg.slurm.enabled
     plan = make_plan(cfg, gpus=visible_gpus() if ask_gpus else None)
-    run_path = run_path_of(spec, recipe_cls, cfg, kv)
+    run_path = run_path_of(spec, recipe_cls, cfg, kv, config_stems(overrides))
     check_paths(cfg)
     prepared = inspect_run_dir(cfg, run_path)
     if not dry_run and plan.launcher != "slurm" and prepared.state != "completed":

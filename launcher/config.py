@@ -495,9 +495,30 @@ def split_override(arg: str) -> tuple[str, str]:
     """``a.b=value`` -> ("a.b", "value")."""
     key, sep, raw = arg.partition("=")
     key = key.strip()
+    if key.startswith("+"):  # Hydra's append (+key) and force (++key)
+        bare = key.lstrip("+")
+        raise ConfigError(
+            f"{arg}: launch has no {key[: len(key) - len(bare)]}key= (Hydra's); every key is in the schema already: "
+            f"write {bare}={raw}"
+        )
+    if key.startswith("~"):  # Hydra's delete
+        raise ConfigError(
+            f"{arg}: launch does not delete keys (Hydra's ~); leave {key[1:].split('=')[0]} out to get its default"
+        )
     if not sep or not key:
+        if _looks_like_recipe(arg):
+            raise ConfigError(f"{arg!r}: write recipe={arg} (every argument is key=value)")
         raise ConfigError(f"cannot read argument {arg!r}: expected key=value (e.g. train.lr=0.01)")
     return key, raw
+
+
+def _looks_like_recipe(arg: str) -> bool:
+    """A bare ``launch resnet_finetune`` (Hydra's and torchtune's habit) or ``launch my_recipe.py:Cls``."""
+    if ":" in arg or arg.endswith(".py"):
+        return True
+    from recipes import BUILTIN
+
+    return arg in BUILTIN
 
 
 def _field_annotation(cls: type[BaseModel], key: str) -> Any:
@@ -656,8 +677,51 @@ def load_yaml_file(path: str) -> dict:
             f"config file {path}: recipe: {json.dumps(recipe, default=str)} is not a recipe; "
             "give a name or path, e.g. recipe: resnet_finetune"
         )
+    data = _nest_dotted(data, path, "")
     _check_sections(data, Config, path, "")
     return data
+
+
+def _merge_once(a: dict, b: dict, path: str, prefix: str) -> dict:
+    """Two spellings of one section of a file (``train.lr:`` and ``train:``): each key once."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge_once(out[k], v, path, f"{prefix}{k}.")
+        elif k in out:
+            raise ConfigError(f"config file {path}: {prefix}{k} is given twice; keep one")
+        else:
+            out[k] = v
+    return out
+
+
+def _nest_dotted(tree: dict, path: str, prefix: str) -> dict:
+    """``train.lr: 0.01`` in a file means ``train: {lr: 0.01}`` (at any level; the ``sweep:``
+    section's keys stay dotted: they name the keys it sweeps). A key given both ways is one line."""
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not (prefix == "" and key == "sweep"):
+            value = _nest_dotted(value, path, f"{prefix}{key}.")
+        parts = key.split(".") if isinstance(key, str) and "." in key and key.strip(".") == key else [key]
+        node = out
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1
+            here = node.get(part)
+            if last:
+                if here is not None and not (isinstance(here, dict) and isinstance(value, dict)):
+                    raise ConfigError(
+                        f"config file {path}: {prefix}{'.'.join(map(str, parts))} is given twice; keep one"
+                    )
+                node[part] = _merge_once(here, value, path, f"{prefix}{key}.") if isinstance(here, dict) else value
+            else:
+                if here is None:
+                    here = node[part] = {}
+                elif not isinstance(here, dict):
+                    raise ConfigError(
+                        f"config file {path}: {prefix}{'.'.join(map(str, parts[: n + 1]))} is a value and a section; keep one"
+                    )
+                node = here
+    return out
 
 
 def _check_sections(tree: dict, cls: type[BaseModel], path: str, prefix: str) -> None:

@@ -180,13 +180,17 @@ def _slug(overrides: list[tuple[str, str]]) -> str:
     return slug[:60] or "default"
 
 
-def default_run_name(cfg: Config, overrides: list[tuple[str, str]]) -> str:
+def default_run_name(cfg: Config, overrides: list[tuple[str, str]], config_names: list[str] | None = None) -> str:
     """Deterministic: the same command maps to the same directory, a different config to another.
 
-    Readable part from the command-line overrides, plus a hash of the resolved config without
-    operational keys (so ``config=FILE`` layers and recipe defaults count too).
+    Readable part from the config files' names and the command-line overrides, plus a hash of the
+    resolved config without operational keys (so ``config=FILE`` layers and recipe defaults count too).
     """
-    return f"{_slug(overrides)}-{config_hash(cfg)}"
+    slug = _slug(overrides)
+    if config_names:
+        names = re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(config_names)).strip("_.")
+        slug = f"{names}_{slug}"[:60].strip("_.") if slug != "default" else names[:60] or slug
+    return f"{slug}-{config_hash(cfg)}"
 
 
 def _umask() -> int:

@@ -249,7 +249,7 @@ def plan_sweep(tokens: tuple[str, ...], flags: list[tuple[str, str, str]], optio
         except ConfigError as e:
             shown = " ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True))
             raise ConfigError(f"sweep point {shown}: {e}") from None
-        run_path = cli.run_path_of(spec, recipe_cls, cfg, kv)
+        run_path = cli.run_path_of(spec, recipe_cls, cfg, kv, cli.config_stems(ptoks))
         if index == 0:
             fixed = shared_config(cfg, keys)
             output_dir = Path(cfg.run.output_dir)

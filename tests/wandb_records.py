@@ -62,6 +62,7 @@ class WandbRun:
     path: Path
     run_id: str = ""
     project: str = ""
+    entity: str = ""
     name: str = ""
     group: str = ""
     tags: list[str] = field(default_factory=list)
@@ -76,7 +77,7 @@ def read_run(path: Path) -> WandbRun:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.project, run.name = r.run.run_id, r.run.project, r.run.display_name
-            run.group, run.tags = r.run.run_group, list(r.run.tags)
+            run.group, run.tags, run.entity = r.run.run_group, list(r.run.tags), r.run.entity
             for item in r.run.config.update:
                 run.config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":

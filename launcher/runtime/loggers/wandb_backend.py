@@ -136,7 +136,9 @@ class WandbBackend:
             info(f"wandb: {why}; nothing is logged to wandb")
             return
         kwargs = dict(
-            project=w.project or run_path.parent.name,
+            # (the config wins; else wandb's own WANDB_PROJECT; else the recipe's directory name.
+            # entity and group left None: wandb reads WANDB_ENTITY / WANDB_RUN_GROUP itself)
+            project=w.project or os.environ.get("WANDB_PROJECT") or run_path.parent.name,
             entity=w.entity,
             name=w.name or run_path.name,
             group=w.group,
